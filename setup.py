@@ -1,0 +1,34 @@
+"""trellis-jax: a JAX/Flax reimplementation of TRELLIS (structured 3D latents)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="trellis-jax",
+    version="0.1.0",
+    description="TRELLIS structured 3D latents in JAX/Flax: sparse core, networks, training, sampling.",
+    python_requires=">=3.11",
+    packages=find_packages(include=["trellis_jax*", "kernels*", "data_pipeline*", "experiments*"]),
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.10",
+        "optax",
+        "orbax-checkpoint",
+        "grain",
+        "array-record",
+        "numpy",
+        "transformers",
+        "trimesh",
+        "pyrender",
+        "ml_collections",
+        "tensorboardX",
+        "safetensors",
+        "einops",
+        "tqdm",
+        "pillow",
+        "scipy",
+        "rtree",
+    ],
+    extras_require={
+        "dev": ["pytest", "pytest-xdist", "nbconvert", "nbclient", "ipykernel", "apache-beam"],
+    },
+    entry_points={"console_scripts": ["trellis-jax=trellis_jax.cli:main"]},
+)

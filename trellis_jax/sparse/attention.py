@@ -1,0 +1,179 @@
+"""Attention over padded voxel sets: full (per sample), 3D shifted windows, and cross-attention.
+
+One API, two implementations:
+
+* `impl="xla"`: pure JAX. Full attention is dense masked attention. Window attention sorts the
+  tokens of each sample by window, cuts the sorted sequence into blocks of `block_size`, and lets
+  every query block attend only to the 2r+1 key blocks around it (r = ⌈(max_window−1)/block⌉, the
+  farthest a same-window token can be), masked by window id. Work is O(L·window), not O(L²).
+* `impl="pallas"`: the block-sparse flash-attention kernel in `kernels/` (forward + backward),
+  driven by the same `AttentionLayout`.
+
+The grouping is described once per (coords, shift) by an `AttentionLayout` and reused by every
+block that shares it, as the reference caches its window partitions.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from trellis_jax.sparse.neighbors import COORD_LIMIT
+
+_NEG = -1e30
+
+
+@struct.dataclass
+class AttentionLayout:
+    """Grouping of each sample's tokens for self-attention.
+
+    perm        int32 [B, L]  sorted position -> original row (tokens grouped by window id)
+    inv_perm    int32 [B, L]  original row -> sorted position
+    segment_ids int32 [B, L]  group id of each *sorted* token; -1 for padding
+    kind        'full' | 'window' (static)
+    max_group   static upper bound on tokens per group (window_size³, or L for 'full')
+    """
+
+    perm: jax.Array
+    inv_perm: jax.Array
+    segment_ids: jax.Array
+    kind: str = struct.field(pytree_node=False, default="full")
+    max_group: int = struct.field(pytree_node=False, default=0)
+
+
+def full_layout(mask: jax.Array) -> AttentionLayout:
+    """Every valid token of a sample attends to every valid token of the same sample."""
+    B, L = mask.shape
+    ident = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
+    seg = jnp.where(mask, 0, -1).astype(jnp.int32)
+    return AttentionLayout(ident, ident, seg, kind="full", max_group=L)
+
+
+def window_ids(coords: jax.Array, window_size: int, shift: int) -> jax.Array:
+    """Window id of each voxel: ⌊(p + shift)/window⌋ per axis, linearised (x slowest).
+
+    Within one sample this groups tokens exactly like the reference's key
+    b·Πnw + ⌊q0/w⌋·nw1·nw2 + ⌊q1/w⌋·nw2 + ⌊q2/w⌋ with q = p + shift (samples never mix here
+    because every sample has its own rows).
+    """
+    n = COORD_LIMIT // window_size + 2
+    w = (coords.astype(jnp.int32) + shift) // window_size
+    return (w[..., 0] * n + w[..., 1]) * n + w[..., 2]
+
+
+def window_layout(coords: jax.Array, mask: jax.Array, window_size: int = 8, shift: int = 0) -> AttentionLayout:
+    """3D (shifted) window partition of coords [B, L, 3] (mask [B, L])."""
+    ids = jnp.where(mask, window_ids(coords, window_size, shift), jnp.iinfo(jnp.int32).max)
+    perm = jnp.argsort(ids, axis=-1, stable=True).astype(jnp.int32)
+    sorted_ids = jnp.take_along_axis(ids, perm, axis=-1)
+    sorted_valid = jnp.take_along_axis(mask, perm, axis=-1)
+    seg = jnp.where(sorted_valid, sorted_ids, -1).astype(jnp.int32)
+    inv = jnp.argsort(perm, axis=-1).astype(jnp.int32)
+    return AttentionLayout(perm, inv, seg, kind="window", max_group=window_size**3)
+
+
+def swin_layout(coords: jax.Array, mask: jax.Array, window_size: int, block_index: int) -> AttentionLayout:
+    """The layout of transformer block `block_index`: shift = (window/2)·(block_index mod 2)."""
+    return window_layout(coords, mask, window_size, (window_size // 2) * (block_index % 2))
+
+
+# ----------------------------------------------------------------------------- XLA kernels
+
+
+def _masked_softmax_attend(q, k, v, allowed, scale):
+    """q [..., Lq, H, D], k/v [..., Lk, H, D], allowed bool [..., Lq, Lk] -> [..., Lq, H, D].
+
+    f32 softmax; a query with no allowed key gets 0 output (and finite gradients).
+    """
+    logits = jnp.einsum("...qhd,...khd->...hqk", q, k, preferred_element_type=jnp.float32) * scale
+    allowed = allowed[..., None, :, :]
+    logits = jnp.where(allowed, logits, _NEG)
+    m = jnp.max(logits, axis=-1, keepdims=True)
+    p = jnp.where(allowed, jnp.exp(logits - m), 0.0)
+    denom = jnp.sum(p, axis=-1, keepdims=True)
+    p = p / jnp.maximum(denom, 1e-30)
+    return jnp.einsum("...hqk,...khd->...qhd", p.astype(v.dtype), v, preferred_element_type=jnp.float32).astype(q.dtype)
+
+
+def dense_attention(q, k, v, q_segments=None, kv_segments=None, scale=None):
+    """Plain multi-head attention q [B, Lq, H, D], k/v [B, Lk, H, D].
+
+    With segment ids ([B, Lq], [B, Lk]), a query attends only to keys of the same non-negative id.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if q_segments is None:
+        allowed = jnp.ones((q.shape[0], q.shape[1], k.shape[1]), bool)
+    else:
+        allowed = (q_segments[:, :, None] == kv_segments[:, None, :]) & (q_segments[:, :, None] >= 0)
+    return _masked_softmax_attend(q, k, v, allowed, scale)
+
+
+def _pad_blocks(x, num_blocks, block, fill):
+    pad = num_blocks * block - x.shape[1]
+    if pad:
+        widths = [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)
+        x = jnp.pad(x, widths, constant_values=fill)
+    return x.reshape((x.shape[0], num_blocks, block) + x.shape[2:])
+
+
+def _neighbourhood(x, radius):
+    """[B, nb, blk, ...] -> [B, nb, (2r+1)·blk, ...]: each block with its r neighbours on each side."""
+    fill = -1 if x.dtype == jnp.int32 else 0
+    widths = [(0, 0), (radius, radius)] + [(0, 0)] * (x.ndim - 2)
+    xp = jnp.pad(x, widths, constant_values=fill)
+    nb = x.shape[1]
+    views = [xp[:, i : i + nb] for i in range(2 * radius + 1)]
+    out = jnp.stack(views, axis=2)  # [B, nb, 2r+1, blk, ...]
+    return out.reshape(out.shape[:2] + (-1,) + out.shape[4:])
+
+
+def blocked_segment_attention(q, k, v, segment_ids, max_group, block_size=256, scale=None):
+    """Attention among tokens of equal segment id, for *sorted* tokens whose groups are contiguous
+    and at most `max_group` long. q/k/v [B, L, H, D], segment_ids [B, L] (-1 = padding).
+    """
+    B, L, H, D = q.shape
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    block = min(block_size, L)
+    nb = -(-L // block)
+    radius = min(nb - 1, -(-(max_group - 1) // block))
+    qb = _pad_blocks(q, nb, block, 0)
+    kb = _neighbourhood(_pad_blocks(k, nb, block, 0), radius)
+    vb = _neighbourhood(_pad_blocks(v, nb, block, 0), radius)
+    sq = _pad_blocks(segment_ids, nb, block, -1)
+    sk = _neighbourhood(sq, radius)
+    allowed = (sq[..., :, None] == sk[..., None, :]) & (sq[..., :, None] >= 0)
+    out = _masked_softmax_attend(qb, kb, vb, allowed, scale)  # [B, nb, block, H, D]
+    return out.reshape(B, nb * block, H, D)[:, :L]
+
+
+def _take_rows(x, index):
+    return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def sparse_self_attention(q, k, v, layout: AttentionLayout, *, impl: str = "xla", block_size: int = 256):
+    """Self-attention of padded voxel tokens q/k/v [B, L, H, D] grouped by `layout`.
+
+    Padding rows (segment -1) neither attend nor are attended to; their output is 0.
+    """
+    if impl == "xla":
+        if layout.kind == "full":
+            return dense_attention(q, k, v, layout.segment_ids, layout.segment_ids)
+        qs, ks, vs = (_take_rows(t, layout.perm) for t in (q, k, v))
+        out = blocked_segment_attention(qs, ks, vs, layout.segment_ids, layout.max_group, block_size)
+        return _take_rows(out, layout.inv_perm)
+    if impl == "pallas":
+        from kernels.block_sparse_attention import block_sparse_attention
+
+        if layout.kind == "full":
+            return block_sparse_attention(q, k, v, layout.segment_ids, max_group=layout.max_group)
+        qs, ks, vs = (_take_rows(t, layout.perm) for t in (q, k, v))
+        out = block_sparse_attention(qs, ks, vs, layout.segment_ids, max_group=layout.max_group)
+        return _take_rows(out, layout.inv_perm)
+    raise ValueError(f"unknown attention impl {impl!r} (expected 'xla' or 'pallas')")
+
+
+def cross_attention(q, k, v):
+    """Voxel queries q [B, L, H, D] attend to that sample's dense condition k/v [B, Lc, H, D]."""
+    return dense_attention(q, k, v)

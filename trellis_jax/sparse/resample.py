@@ -1,0 +1,73 @@
+"""Sparse resampling: 2x mean-pool downsample, paired nearest upsample, and subdivision."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from trellis_jax.sparse.neighbors import decode_key, masked_keys
+from trellis_jax.sparse.tensor import SparseTensor, masked
+
+
+def _downsample_one(coords, feats, mask, factor):
+    L = mask.shape[0]
+    keys = masked_keys(coords // factor, mask)
+    order = jnp.argsort(keys, stable=True)
+    sorted_keys = keys[order]
+    valid_sorted = mask[order]
+    is_new = valid_sorted & jnp.concatenate([jnp.array([True]), sorted_keys[1:] != sorted_keys[:-1]])
+    rank_sorted = jnp.cumsum(is_new, dtype=jnp.int32) - 1
+    parent_sorted = jnp.where(valid_sorted, rank_sorted, L)  # L = dropped by segment_sum
+    parent = jnp.zeros((L,), jnp.int32).at[order].set(parent_sorted)
+    sums = jax.ops.segment_sum(feats.astype(jnp.float32), parent, num_segments=L)
+    counts = jax.ops.segment_sum(mask.astype(jnp.float32), parent, num_segments=L)
+    num_parents = jnp.sum(is_new, dtype=jnp.int32)
+    new_mask = jnp.arange(L) < num_parents
+    new_feats = (sums / jnp.maximum(counts, 1.0)[:, None]).astype(feats.dtype)
+    new_coords = jnp.zeros((L, 3), jnp.int32).at[jnp.where(is_new, rank_sorted, L)].set(
+        decode_key(sorted_keys), mode="drop"
+    )
+    return new_coords, masked(new_feats[None], new_mask[None])[0], new_mask, parent
+
+
+def downsample(x: SparseTensor, factor: int = 2) -> tuple[SparseTensor, jax.Array]:
+    """Pool each voxel into its parent ⌊p/factor⌋; parent feature = mean of its *active* children.
+
+    Returns (coarse, parent_index). coarse keeps the capacity L of `x` (a sample can never have more
+    parents than children) with rows sorted by (x, y, z) as in the reference; parent_index int32
+    [B, L] maps every fine row to its coarse row (L for padding rows) and pairs with `upsample`.
+    """
+    coords, feats, mask, parent = jax.vmap(lambda c, f, m: _downsample_one(c, f, m, factor))(
+        x.coords, x.feats, x.mask
+    )
+    coarse = SparseTensor(coords, feats, mask, resolution=max(1, x.resolution // factor))
+    return coarse, parent
+
+
+def upsample(coarse_feats: jax.Array, parent_index: jax.Array, fine: SparseTensor) -> SparseTensor:
+    """Nearest unpooling paired with `downsample`: each fine voxel copies its parent's feature.
+
+    coarse_feats [B, Lc, C], parent_index [B, L] -> SparseTensor on `fine`'s voxels (same order).
+    """
+    idx = jnp.minimum(parent_index, coarse_feats.shape[1] - 1)
+    feats = jax.vmap(lambda f, i: f[i])(coarse_feats, idx)
+    return SparseTensor(fine.coords, masked(feats, fine.mask), fine.mask, fine.resolution)
+
+
+SUBDIVIDE_OFFSETS = np.array(
+    [[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], np.int32
+)  # (0,0,0), (0,0,1), (0,1,0), ..., (1,1,1): z fastest, as the reference
+
+
+def subdivide(x: SparseTensor) -> SparseTensor:
+    """Split every voxel into its 8 children at 2p + o; features copied; capacity becomes 8L.
+
+    Child o of row i is row 8i + o, so children of a parent are consecutive and the valid rows stay
+    a prefix. The grid resolution doubles.
+    """
+    B, L = x.mask.shape
+    coords = (2 * x.coords[:, :, None, :] + jnp.asarray(SUBDIVIDE_OFFSETS)[None, None]).reshape(B, 8 * L, 3)
+    feats = jnp.repeat(x.feats, 8, axis=1)
+    mask = jnp.repeat(x.mask, 8, axis=1)
+    coords = jnp.where(mask[..., None], coords, 0)
+    return SparseTensor(coords, feats, mask, resolution=2 * x.resolution)
