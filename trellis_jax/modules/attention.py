@@ -1,0 +1,70 @@
+"""Multi-head self- and cross-attention modules (reference `MultiHeadAttention`, dense and sparse).
+
+Self-attention over tokens x [B, L, C]: `layout=None` is dense full attention (every token valid);
+an `AttentionLayout` restricts attention to groups (per-sample full or 3D windows) of padded voxel
+tokens. Key layout: `to_qkv` (q|k|v blocks, head-major), `to_q`, `to_kv` (k|v), `to_out`,
+optional `q_rms_norm` / `k_rms_norm`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from trellis_jax.modules.layers import RMSNormPerHead, linear
+from trellis_jax.sparse.attention import AttentionLayout, dense_attention, sparse_self_attention
+
+Dtype = Any
+
+
+class SelfAttention(nn.Module):
+    channels: int
+    num_heads: int
+    qk_rms_norm: bool = False
+    dtype: Dtype = jnp.float32
+    attn_impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, layout: AttentionLayout | None = None) -> jax.Array:
+        """x [B, L, C] -> [B, L, C]."""
+        B, L, _ = x.shape
+        H = self.num_heads
+        Dh = self.channels // H
+        qkv = linear(3 * self.channels, ("embed", "qkv"), "to_qkv", self.dtype)(x)
+        qkv = qkv.reshape(B, L, 3, H, Dh)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if self.qk_rms_norm:
+            q = RMSNormPerHead(name="q_rms_norm")(q)
+            k = RMSNormPerHead(name="k_rms_norm")(k)
+        if layout is None:
+            out = dense_attention(q, k, v)
+        else:
+            out = sparse_self_attention(q, k, v, layout, impl=self.attn_impl)
+        out = out.reshape(B, L, self.channels)
+        return linear(self.channels, ("qkv", "embed"), "to_out", self.dtype)(out)
+
+
+class CrossAttention(nn.Module):
+    channels: int
+    ctx_channels: int
+    num_heads: int
+    qk_rms_norm: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
+        """x [B, L, C] queries, context [B, Lc, Cc] -> [B, L, C]."""
+        B, L, _ = x.shape
+        Lc = context.shape[1]
+        H = self.num_heads
+        Dh = self.channels // H
+        q = linear(self.channels, ("embed", "qkv"), "to_q", self.dtype)(x).reshape(B, L, H, Dh)
+        kv = linear(2 * self.channels, ("cond", "qkv"), "to_kv", self.dtype)(context).reshape(B, Lc, 2, H, Dh)
+        k, v = kv[:, :, 0], kv[:, :, 1]
+        if self.qk_rms_norm:
+            q = RMSNormPerHead(name="q_rms_norm")(q)
+            k = RMSNormPerHead(name="k_rms_norm")(k)
+        out = dense_attention(q, k, v).reshape(B, L, self.channels)
+        return linear(self.channels, ("qkv", "embed"), "to_out", self.dtype)(out)

@@ -1,0 +1,65 @@
+"""Linear layers and norms with the reference's initialisation and logical sharding axes."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from trellis_jax.sparse.norm import layer_norm
+
+Dtype = Any
+
+
+def linear(
+    features: int,
+    axes: Sequence[str | None],
+    name: str,
+    dtype: Dtype = jnp.float32,
+    zero_init: bool = False,
+    kernel_init=None,
+) -> nn.Dense:
+    """nn.Dense (reference nn.Linear) with Xavier-uniform weights and zero bias by default.
+
+    `axes` are the logical axis names of the kernel [in, out] (see HELPERS: 'embed', 'mlp', ...).
+    """
+    if kernel_init is None:
+        kernel_init = nn.initializers.zeros if zero_init else nn.initializers.xavier_uniform()
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(kernel_init, tuple(axes)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[-1],)),
+        name=name,
+    )
+
+
+class AffineLayerNorm(nn.Module):
+    """LayerNorm with learnable scale/bias, computed in f32 and cast back (reference LayerNorm32)."""
+
+    eps: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (c,), jnp.float32)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), (c,), jnp.float32)
+        return layer_norm(x, self.eps, scale, bias)
+
+
+class RMSNormPerHead(nn.Module):
+    """The reference's QK norm: y = x / max(||x||, 1e-12) · gamma · sqrt(Dh), per head, in f32.
+
+    x [..., H, Dh]; parameter gamma [H, Dh] (init 1).
+    """
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h, d = x.shape[-2:]
+        gamma = self.param("gamma", nn.with_logical_partitioning(nn.initializers.ones, ("norm", None)), (h, d), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        norm = jnp.sqrt(jnp.sum(jnp.square(x32), axis=-1, keepdims=True))
+        y = x32 / jnp.maximum(norm, 1e-12) * gamma * jnp.sqrt(jnp.float32(d))
+        return y.astype(x.dtype)

@@ -1,0 +1,84 @@
+"""Transformer blocks: plain pre-norm (SLat VAE trunk) and AdaLN-modulated cross blocks (flows).
+
+Both act on tokens x [B, L, C]; `layout` selects dense (None) or sparse grouped self-attention.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from trellis_jax.modules.attention import CrossAttention, SelfAttention
+from trellis_jax.modules.layers import AffineLayerNorm, linear
+from trellis_jax.sparse.attention import AttentionLayout
+from trellis_jax.sparse.norm import layer_norm
+
+Dtype = Any
+
+
+class FeedForward(nn.Module):
+    """Linear(C, ratio·C) -> GELU(tanh) -> Linear(ratio·C, C); keys `mlp.0`, `mlp.2`."""
+
+    channels: int
+    mlp_ratio: float = 4.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        hidden = int(self.channels * self.mlp_ratio)
+        h = linear(hidden, ("embed", "mlp"), "mlp_0", self.dtype)(x)
+        h = nn.gelu(h, approximate=True)
+        return linear(self.channels, ("mlp", "embed"), "mlp_2", self.dtype)(h)
+
+
+class TransformerBlock(nn.Module):
+    """x + attn(LN(x)); x + mlp(LN(x)); LNs without affine, eps 1e-6 (reference SparseTransformerBlock)."""
+
+    channels: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+    qk_rms_norm: bool = False
+    dtype: Dtype = jnp.float32
+    attn_impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, layout: AttentionLayout | None = None) -> jax.Array:
+        h = layer_norm(x, 1e-6)
+        x = x + SelfAttention(self.channels, self.num_heads, self.qk_rms_norm, self.dtype, self.attn_impl, name="attn")(h, layout)
+        h = layer_norm(x, 1e-6)
+        return x + FeedForward(self.channels, self.mlp_ratio, self.dtype, name="mlp")(h)
+
+
+class ModulatedTransformerCrossBlock(nn.Module):
+    """AdaLN-gated self-attention, unmodulated affine-normed cross-attention, AdaLN-gated MLP.
+
+    emb [B, C] (or [B, 6C] with share_mod) gives (shift, scale, gate) for attention then MLP.
+    """
+
+    channels: int
+    ctx_channels: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+    qk_rms_norm: bool = False
+    qk_rms_norm_cross: bool = False
+    share_mod: bool = False
+    dtype: Dtype = jnp.float32
+    attn_impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, emb: jax.Array, context: jax.Array, layout: AttentionLayout | None = None) -> jax.Array:
+        C = self.channels
+        if self.share_mod:
+            mod = emb
+        else:
+            mod = linear(6 * C, ("embed", "mlp"), "adaLN_modulation_1", self.dtype, zero_init=True)(nn.silu(emb))
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod.astype(x.dtype)[:, None, :], 6, axis=-1)
+        h = layer_norm(x, 1e-6) * (1 + scale_msa) + shift_msa
+        h = SelfAttention(C, self.num_heads, self.qk_rms_norm, self.dtype, self.attn_impl, name="self_attn")(h, layout)
+        x = x + gate_msa * h
+        h = AffineLayerNorm(1e-6, name="norm2")(x)
+        x = x + CrossAttention(C, self.ctx_channels, self.num_heads, self.qk_rms_norm_cross, self.dtype, name="cross_attn")(h, context)
+        h = layer_norm(x, 1e-6) * (1 + scale_mlp) + shift_mlp
+        return x + gate_mlp * FeedForward(C, self.mlp_ratio, self.dtype, name="mlp")(h)
