@@ -34,7 +34,7 @@ SWEEP = textwrap.dedent("""
         s = ml_collections.ConfigDict()
         s.base = "experiments/train/ss_flow.py:tiny"
         s.steps = 7
-        s.runs = {"width32": {"model.args.model_channels": 32}, "cfg_drop0": {"p_uncond": 0.0}}
+        s.runs = {"width32": ["model.args.model_channels=32"], "cfg_drop0": ["p_uncond=0.0"]}
         return s
 """)
 

@@ -3,7 +3,7 @@
 A sweep file (see `experiments/sweeps/`) has `get_sweep()` returning an ml_collections ConfigDict:
 
     base:   "experiments/train/<file>.py:<variant>"   the training config every run starts from
-    runs:   {name: {dotted.override: value, ...}, ...}  one entry per run
+    runs:   {name: ["dotted.key=value", ...], ...}   one entry per run (config_flags overrides)
     steps:  optional number of steps override for every run
 
     python -m trellis_jax.sweep experiments/sweeps/tiny_ablation.py --workdir DIR [--only NAME ...] [--dry-run]
@@ -43,11 +43,13 @@ def load_sweep(path: str | Path):
 
 def run_command(sweep, name: str, workdir: Path) -> list[str]:
     cmd = [sys.executable, "-m", "trellis_jax.train", "--config", sweep.base, "--workdir", str(workdir / name)]
-    overrides = dict(sweep.runs[name])
-    if sweep.get("steps"):
-        overrides.setdefault("total_steps", sweep.steps)
-    cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
-    return cmd
+    overrides = list(sweep.runs[name])
+    if sweep.get("steps") and not any(o.startswith("total_steps=") for o in overrides):
+        overrides.append(f"total_steps={sweep.steps}")
+    for o in overrides:
+        if "=" not in o:
+            raise ValueError(f"run {name!r}: override {o!r} is not of the form dotted.key=value")
+    return cmd + [f"--config.{o}" for o in overrides]
 
 
 def summarize(workdir: Path, names, loss_tag: str = "train/loss") -> list[dict]:
