@@ -1,0 +1,186 @@
+"""Load and save official TRELLIS checkpoints without PyTorch.
+
+    module, params = load_model("ckpts/slat_dec_gs_swin8_B_64l8gs32_fp16")   # .json + .safetensors
+    save_model("out/ckpts/my_dec", "SLatGaussianDecoder", args, params)       # official layout + dtypes
+    pipe = load_pipeline("TRELLIS-image-large")                               # every model of pipeline.json
+
+Loading is strict: one `CheckpointMismatchError` lists every missing, unexpected and mis-shaped
+tensor and names the file. Files are written to a temporary name and renamed, so an interrupted
+save never leaves a corrupt checkpoint behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from trellis_jax.checkpoints import keymap
+from trellis_jax.models.registry import build_model, dummy_inputs
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, corrupt or malformed."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint's tensors do not match the network built from its json."""
+
+
+def _paths(prefix: str | Path) -> tuple[Path, Path]:
+    p = Path(prefix)
+    if p.suffix in (".json", ".safetensors"):
+        p = p.with_suffix("")
+    return p.with_name(p.name + ".json"), p.with_name(p.name + ".safetensors")
+
+
+def read_json(path: Path) -> dict:
+    if not path.exists():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+    if not isinstance(cfg, dict) or "name" not in cfg or "args" not in cfg:
+        raise CheckpointError(f'{path}: expected {{"name": <ModelClass>, "args": {{...}}}}')
+    return cfg
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    if not path.exists():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # truncated / corrupt header or data
+        raise CheckpointError(f"{path}: cannot read safetensors file ({type(e).__name__}: {e})") from e
+
+
+def param_template(module) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
+    """Flat {flax path: ShapeDtypeStruct} of `module`'s params, without allocating them."""
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), *dummy_inputs(module))
+    return traverse_util.flatten_dict(nn.meta.unbox(shapes)["params"])
+
+
+def map_state_dict(tensors: dict[str, np.ndarray], template: dict, source: str, param_dtype=jnp.float32) -> dict:
+    """Official tensors -> Flax {'params': ...}; strict, all problems reported together."""
+    shapes = {k: tuple(v.shape) for k, v in template.items()}
+    out, unexpected, misshaped = {}, [], []
+    for key, arr in tensors.items():
+        path = keymap.resolve_flax_leaf(key, shapes)
+        if path is None:
+            unexpected.append(key)
+            continue
+        try:
+            value = keymap.to_flax(arr, path, shapes[path])
+        except ValueError as e:
+            misshaped.append(f"{key}: {e}")
+            continue
+        if tuple(value.shape) != shapes[path]:
+            misshaped.append(f"{key}: file {tuple(arr.shape)} -> {tuple(value.shape)}, model expects {shapes[path]}")
+            continue
+        out[path] = value
+    missing = sorted(keymap.official_key(shapes, p) for p in template if p not in out)
+    if missing or unexpected or misshaped:
+        lines = [f"{source}: checkpoint does not match the network"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+            if items:
+                lines.append(f"  {title} ({len(items)}): " + "; ".join(sorted(items)[:25]) + (" ..." if len(items) > 25 else ""))
+        raise CheckpointMismatchError("\n".join(lines))
+    return {"params": traverse_util.unflatten_dict({k: jnp.asarray(v, param_dtype) for k, v in out.items()})}
+
+
+def load_model(prefix: str | Path, *, param_dtype=jnp.float32, **module_overrides) -> tuple[Any, dict]:
+    """`prefix` = 'dir/ckpts/NAME' (or its .json/.safetensors) -> (Flax module, params).
+
+    `module_overrides` (e.g. dtype=jnp.bfloat16, attn_impl='pallas') are passed to the module.
+    """
+    json_path, st_path = _paths(prefix)
+    cfg = read_json(json_path)
+    try:
+        module = build_model(cfg["name"], cfg["args"], **module_overrides)
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{json_path}: {e}") from e
+    template = param_template(module)
+    params = map_state_dict(read_safetensors(st_path), template, str(st_path), param_dtype)
+    return module, params
+
+
+def export_state_dict(params: dict, use_fp16: bool) -> dict[str, np.ndarray]:
+    """Flax params -> official {key: tensor} with the released dtypes."""
+    flat = traverse_util.flatten_dict(nn.meta.unbox(params).get("params", params))
+    flat = {k: np.asarray(v, np.float32) for k, v in flat.items()}
+    out = {}
+    shapes = {k: v.shape for k, v in flat.items()}
+    for path, value in flat.items():
+        tensor = keymap.from_flax(value, path)
+        out[keymap.official_key(shapes, path)] = np.ascontiguousarray(tensor.astype(keymap.official_dtype(shapes, path, use_fp16)))
+    return out
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_model(prefix: str | Path, class_name: str, args: dict, params: dict) -> tuple[Path, Path]:
+    """Write `prefix.json` + `prefix.safetensors` in the official layout and dtypes (atomically)."""
+    from safetensors.numpy import save_file
+
+    json_path, st_path = _paths(prefix)
+    tensors = export_state_dict(params, bool(args.get("use_fp16", False)))
+    _atomic_write_bytes(st_path, lambda p: save_file(tensors, str(p)))
+    _atomic_write_bytes(json_path, lambda p: p.write_text(json.dumps({"name": class_name, "args": args}, indent=4)))
+    return json_path, st_path
+
+
+def _resolve_model_path(root: Path, ref: str, search_roots: Sequence[Path]) -> Path:
+    candidates = [root / ref] + [Path(s) / ref for s in search_roots]
+    parts = ref.split("/")
+    if len(parts) > 2:  # 'Owner/Repo/ckpts/NAME': cross-repo reference
+        candidates += [Path(s) / "/".join(parts[2:]) for s in [*search_roots, root.parent / parts[1]]]
+        candidates += [Path(s) / parts[1] / "/".join(parts[2:]) for s in search_roots]
+    for c in candidates:
+        if _paths(c)[0].exists():
+            return c
+    raise CheckpointError(f"{root / 'pipeline.json'}: model '{ref}' not found (looked in {[str(c) for c in candidates]})")
+
+
+def load_pipeline(directory: str | Path, search_roots: Sequence[str | Path] = (), **module_overrides) -> dict:
+    """Read `pipeline.json` and load every referenced model.
+
+    Returns {'name', 'models': {role: (module, params)}, 'sparse_structure_sampler', 'slat_sampler',
+    'slat_normalization', 'cond_model', 'raw'}.
+    """
+    directory = Path(directory)
+    pj = directory / "pipeline.json"
+    if not pj.exists():
+        raise CheckpointError(f"{pj}: file not found")
+    try:
+        raw = json.loads(pj.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{pj}: invalid JSON ({e})") from e
+    args = raw.get("args", raw)
+    if "models" not in args:
+        raise CheckpointError(f"{pj}: no 'models' section")
+    models = {}
+    for role, ref in args["models"].items():
+        models[role] = load_model(_resolve_model_path(directory, ref, [Path(s) for s in search_roots]), **module_overrides)
+    return {
+        "name": raw.get("name"),
+        "models": models,
+        "sparse_structure_sampler": args.get("sparse_structure_sampler", {}),
+        "slat_sampler": args.get("slat_sampler", {}),
+        "slat_normalization": args.get("slat_normalization"),
+        "cond_model": args.get("image_cond_model") or args.get("text_cond_model"),
+        "raw": raw,
+    }
