@@ -9,7 +9,7 @@ from trellis_jax.sparse.neighbors import decode_key, masked_keys
 from trellis_jax.sparse.tensor import SparseTensor, masked
 
 
-def _downsample_one(coords, feats, mask, factor):
+def _downsample_one(coords, feats, mask, factor, reference_mean):
     L = mask.shape[0]
     keys = masked_keys(coords // factor, mask)
     order = jnp.argsort(keys, stable=True)
@@ -23,21 +23,28 @@ def _downsample_one(coords, feats, mask, factor):
     counts = jax.ops.segment_sum(mask.astype(jnp.float32), parent, num_segments=L)
     num_parents = jnp.sum(is_new, dtype=jnp.int32)
     new_mask = jnp.arange(L) < num_parents
-    new_feats = (sums / jnp.maximum(counts, 1.0)[:, None]).astype(feats.dtype)
+    denom = counts + 1.0 if reference_mean else jnp.maximum(counts, 1.0)
+    new_feats = (sums / denom[:, None]).astype(feats.dtype)
     new_coords = jnp.zeros((L, 3), jnp.int32).at[jnp.where(is_new, rank_sorted, L)].set(
         decode_key(sorted_keys), mode="drop"
     )
     return new_coords, masked(new_feats[None], new_mask[None])[0], new_mask, parent
 
 
-def downsample(x: SparseTensor, factor: int = 2) -> tuple[SparseTensor, jax.Array]:
-    """Pool each voxel into its parent ⌊p/factor⌋; parent feature = mean of its *active* children.
+def downsample(x: SparseTensor, factor: int = 2, reference_mean: bool = True) -> tuple[SparseTensor, jax.Array]:
+    """Pool each voxel into its parent ⌊p/factor⌋, averaging the features of its *active* children.
+
+    `reference_mean=True` (default) reproduces the reference exactly: its `SparseDownsample` calls
+    `torch.scatter_reduce(zeros, ..., reduce='mean')` with torch's default `include_self=True`, so
+    the zero it starts from counts as one more element and a parent with n active children gets
+    Σ children / (n + 1). The released SLat-flow weights were trained with this. `False` gives the
+    plain mean Σ children / n.
 
     Returns (coarse, parent_index). coarse keeps the capacity L of `x` (a sample can never have more
     parents than children) with rows sorted by (x, y, z) as in the reference; parent_index int32
     [B, L] maps every fine row to its coarse row (L for padding rows) and pairs with `upsample`.
     """
-    coords, feats, mask, parent = jax.vmap(lambda c, f, m: _downsample_one(c, f, m, factor))(
+    coords, feats, mask, parent = jax.vmap(lambda c, f, m: _downsample_one(c, f, m, factor, reference_mean))(
         x.coords, x.feats, x.mask
     )
     coarse = SparseTensor(coords, feats, mask, resolution=max(1, x.resolution // factor))

@@ -1,0 +1,120 @@
+"""SparseTensor: exact round trip with the reference's packed layout, capacity handling, and
+behaviour as a pytree under jit / vmap / grad / NamedSharding."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from tests import sparse_reference as ref
+from trellis_jax.sparse import CapacityError, SparseTensor, check_overflow, compact, masked
+
+
+@pytest.mark.parametrize("counts", [[5], [7, 0, 3], [0, 0], [1, 16, 9, 2]])
+def test_packed_round_trip_is_exact(counts):
+    rng = np.random.default_rng(sum(counts))
+    coords, feats = ref.random_packed(rng, counts, channels=4, resolution=64)
+    st = SparseTensor.from_packed(coords, feats, capacity=16, batch_size=len(counts))
+    assert st.coords.shape == (len(counts), 16, 3) and st.feats.shape == (len(counts), 16, 4)
+    np.testing.assert_array_equal(np.asarray(st.counts()), counts)
+    # valid rows are a prefix in the packed order; padding is zero
+    for b, n in enumerate(counts):
+        assert np.asarray(st.mask[b, :n]).all() and not np.asarray(st.mask[b, n:]).any()
+    assert not np.asarray(st.feats)[~np.asarray(st.mask)].any()
+    assert not np.asarray(st.coords)[~np.asarray(st.mask)].any()
+    back_coords, back_feats = st.to_packed()
+    np.testing.assert_array_equal(back_coords, coords)
+    np.testing.assert_array_equal(back_feats, feats)
+    assert back_coords.dtype == np.int32 and back_feats.dtype == feats.dtype
+    # per-sample view agrees
+    cs, fs = st.to_samples()
+    again = SparseTensor.from_samples(cs, fs, capacity=16)
+    for a, b in zip(jax.tree.leaves(st), jax.tree.leaves(again)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_empty_samples_and_empty_batch():
+    st = SparseTensor.from_samples([np.zeros((0, 3)), [[1, 2, 3]]], [np.zeros((0, 2)), np.ones((1, 2))], capacity=4)
+    np.testing.assert_array_equal(np.asarray(st.counts()), [0, 1])
+    coords, feats = st.to_packed()
+    np.testing.assert_array_equal(coords, [[1, 1, 2, 3]])
+    empty = SparseTensor.from_packed(np.zeros((0, 4), np.int32), np.zeros((0, 3)), capacity=2, batch_size=3)
+    assert empty.mask.shape == (3, 2) and not np.asarray(empty.mask).any()
+    assert empty.to_packed()[0].shape == (0, 4)
+
+
+def test_capacity_overflow_names_the_sample():
+    rng = np.random.default_rng(0)
+    coords, feats = ref.random_packed(rng, [3, 9, 2], channels=2, resolution=16)
+    with pytest.raises(CapacityError, match="sample 1 has 9 voxels, more than the capacity 8"):
+        SparseTensor.from_packed(coords, feats, capacity=8)
+    SparseTensor.from_packed(coords, feats, capacity=9)  # exactly full is fine
+
+
+@pytest.mark.parametrize(
+    "coords, message",
+    [
+        ([[1, 0, 0, 0], [0, 0, 0, 1]], "grouped by batch index"),
+        ([[0, 0, 0, 64]], r"out of range \[0, 64\)"),
+        ([[0, 1, 2, 3], [1, 1, 2, 3], [1, 1, 2, 3]], r"sample 1 lists voxel \[1, 2, 3\] more than once"),
+        ([[-1, 0, 0, 0]], "negative batch index"),
+    ],
+)
+def test_bad_packed_input_is_rejected(coords, message):
+    coords = np.asarray(coords, np.int32)
+    with pytest.raises(ValueError, match=message):
+        SparseTensor.from_packed(coords, np.zeros((len(coords), 1)), capacity=4)
+
+
+def test_compact_moves_valid_rows_to_front_and_reports_overflow():
+    coords = jnp.arange(18, dtype=jnp.int32).reshape(6, 3)
+    feats = jnp.arange(6, dtype=jnp.float32)[:, None] + 1
+    mask = jnp.array([False, True, False, True, True, False])
+    c, f, m, over = compact(coords, feats, mask, capacity=4)
+    np.testing.assert_array_equal(np.asarray(m), [True, True, True, False])
+    np.testing.assert_array_equal(np.asarray(f[:, 0]), [2, 4, 5, 0])
+    np.testing.assert_array_equal(np.asarray(c[3]), [0, 0, 0])
+    assert not bool(over)
+    *_, over = jax.vmap(lambda c, f, m: compact(c, f, m, capacity=2))(coords[None], feats[None], mask[None])
+    with pytest.raises(CapacityError, match=r"samples \[0\]"):
+        check_overflow(over, "downsampled set")
+    *_, grown = compact(coords, feats, mask, capacity=9)
+    assert not bool(grown)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(3)
+    coords, feats = ref.random_packed(rng, [5, 0, 8, 3, 1, 7, 2, 6], channels=4, resolution=32)
+    return SparseTensor.from_packed(coords, feats, capacity=8, resolution=32)
+
+
+def test_pytree_under_jit_vmap_grad(batch):
+    leaves, treedef = jax.tree.flatten(batch)
+    assert len(leaves) == 3 and jax.tree.unflatten(treedef, leaves).resolution == 32
+
+    @jax.jit
+    def double(st: SparseTensor) -> SparseTensor:
+        return st.replace_feats(2 * st.feats + 1)  # +1 would leak into padding without the mask
+
+    out = double(batch)
+    assert isinstance(out, SparseTensor) and out.resolution == 32
+    np.testing.assert_allclose(out.to_packed()[1], 2 * batch.to_packed()[1] + 1)
+    assert not np.asarray(out.feats)[~np.asarray(batch.mask)].any()
+
+    per_sample = jax.vmap(lambda c, f, m: jnp.sum(masked(f[None], m[None])))(batch.coords, batch.feats, batch.mask)
+    np.testing.assert_allclose(per_sample, [f.sum() for f in batch.to_samples()[1]], atol=1e-5)
+
+    grad = jax.grad(lambda st: jnp.sum(jnp.square(double(st).feats)))(batch)
+    np.testing.assert_allclose(grad.feats, np.where(batch.mask[..., None], 4 * (2 * batch.feats + 1), 0), rtol=1e-5)
+
+
+def test_named_sharding_over_batch(batch):
+    mesh = jax.make_mesh((8,), ("batch",), axis_types=(jax.sharding.AxisType.Explicit,))
+    sharded = jax.device_put(batch, NamedSharding(mesh, P("batch")))
+    assert sharded.feats.sharding.spec == P("batch") and sharded.mask.sharding.spec == P("batch")
+
+    out = jax.jit(lambda st: st.replace_feats(jnp.tanh(st.feats)))(sharded)
+    assert out.feats.sharding.spec[0] == "batch"
+    np.testing.assert_allclose(out.to_packed()[1], np.tanh(batch.to_packed()[1]), rtol=1e-6)
+    np.testing.assert_array_equal(out.to_packed()[0], batch.to_packed()[0])
