@@ -105,7 +105,7 @@ def test_pytree_under_jit_vmap_grad(batch):
     per_sample = jax.vmap(lambda c, f, m: jnp.sum(masked(f[None], m[None])))(batch.coords, batch.feats, batch.mask)
     np.testing.assert_allclose(per_sample, [f.sum() for f in batch.to_samples()[1]], atol=1e-5)
 
-    grad = jax.grad(lambda st: jnp.sum(jnp.square(double(st).feats)))(batch)
+    grad = jax.grad(lambda st: jnp.sum(jnp.square(double(st).feats)), allow_int=True)(batch)
     np.testing.assert_allclose(grad.feats, np.where(batch.mask[..., None], 4 * (2 * batch.feats + 1), 0), rtol=1e-5)
 
 
