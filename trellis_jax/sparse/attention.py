@@ -100,14 +100,23 @@ def _masked_softmax_attend(q, k, v, allowed, scale):
 def dense_attention(q, k, v, q_segments=None, kv_segments=None, scale=None):
     """Plain multi-head attention q [B, Lq, H, D], k/v [B, Lk, H, D].
 
-    With segment ids ([B, Lq], [B, Lk]), a query attends only to keys of the same non-negative id.
+    With segment ids ([B, Lq], [B, Lk]; kv defaults to q's), a query attends only to keys of the
+    same non-negative id; queries of id -1 get output 0.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     if q_segments is None:
         allowed = jnp.ones((q.shape[0], q.shape[1], k.shape[1]), bool)
     else:
+        kv_segments = q_segments if kv_segments is None else kv_segments
         allowed = (q_segments[:, :, None] == kv_segments[:, None, :]) & (q_segments[:, :, None] >= 0)
+        k, v = _zero_padding(k, kv_segments), _zero_padding(v, kv_segments)
     return _masked_softmax_attend(q, k, v, allowed, scale)
+
+
+def _zero_padding(x, segment_ids):
+    """Zero the padding rows (segment -1) of x [B, L, H, D]: their attention weight is exactly 0,
+    but 0·NaN (or 0·inf in the backward pass) is not, so non-finite padding must not be read."""
+    return jnp.where((segment_ids >= 0)[:, :, None, None], x, jnp.zeros((), x.dtype))
 
 
 def _pad_blocks(x, num_blocks, block, fill):
@@ -138,6 +147,7 @@ def blocked_segment_attention(q, k, v, segment_ids, max_group, block_size=256, s
     block = min(block_size, L)
     nb = -(-L // block)
     radius = min(nb - 1, -(-(max_group - 1) // block))
+    k, v = _zero_padding(k, segment_ids), _zero_padding(v, segment_ids)
     qb = _pad_blocks(q, nb, block, 0)
     kb = _neighbourhood(_pad_blocks(k, nb, block, 0), radius)
     vb = _neighbourhood(_pad_blocks(v, nb, block, 0), radius)
