@@ -109,13 +109,14 @@ def dense_attention(q, k, v, q_segments=None, kv_segments=None, scale=None):
     else:
         kv_segments = q_segments if kv_segments is None else kv_segments
         allowed = (q_segments[:, :, None] == kv_segments[:, None, :]) & (q_segments[:, :, None] >= 0)
-        k, v = _zero_padding(k, kv_segments), _zero_padding(v, kv_segments)
+        q, k, v = _zero_padding(q, q_segments), _zero_padding(k, kv_segments), _zero_padding(v, kv_segments)
     return _masked_softmax_attend(q, k, v, allowed, scale)
 
 
 def _zero_padding(x, segment_ids):
-    """Zero the padding rows (segment -1) of x [B, L, H, D]: their attention weight is exactly 0,
-    but 0·NaN (or 0·inf in the backward pass) is not, so non-finite padding must not be read."""
+    """Zero the padding rows (segment -1) of q/k/v [B, L, H, D]. Their attention weights are exactly
+    0, but 0·NaN is not: non-finite padding would otherwise reach valid outputs (through v) or valid
+    gradients (dk sums over padding queries, dq over padding keys)."""
     return jnp.where((segment_ids >= 0)[:, :, None, None], x, jnp.zeros((), x.dtype))
 
 
@@ -147,7 +148,7 @@ def blocked_segment_attention(q, k, v, segment_ids, max_group, block_size=256, s
     block = min(block_size, L)
     nb = -(-L // block)
     radius = min(nb - 1, -(-(max_group - 1) // block))
-    k, v = _zero_padding(k, segment_ids), _zero_padding(v, segment_ids)
+    q, k, v = (_zero_padding(t, segment_ids) for t in (q, k, v))
     qb = _pad_blocks(q, nb, block, 0)
     kb = _neighbourhood(_pad_blocks(k, nb, block, 0), radius)
     vb = _neighbourhood(_pad_blocks(v, nb, block, 0), radius)
