@@ -16,6 +16,7 @@ from trellis_jax.sparse import (
     neighbor_map,
     submanifold_conv3d,
 )
+from trellis_jax.sparse.conv import gather_rows
 
 CIN, COUT = 8, 6
 
@@ -150,3 +151,38 @@ def test_padding_changes_nothing_and_gets_no_gradient(weights):
     for a, b in zip(kb1, kb2):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(o1, ref.submanifold_conv(coords, feats, weight, bias), atol=1e-4, rtol=1e-4)
+
+
+def test_custom_gradient_equals_autodiff_of_plain_gather_conv(weights):
+    """The gather-only backward (flipped kernel on the symmetric map) equals autodiff of the
+    straightforward gather-and-sum form, for feats, kernel and bias."""
+    coords, feats = LAYOUTS["clustered"]
+    weight, bias = weights[3]
+    st = SparseTensor.from_packed(coords, feats, capacity=48)
+    nbr = neighbor_map(st.coords, st.mask, 3)
+    cot = jnp.asarray(np.random.default_rng(8).standard_normal(st.feats.shape[:2] + (COUT,)), jnp.float32)
+
+    def plain(f, kern, b):
+        out = sum(jnp.einsum("blc,cd->bld", gather_rows(f, nbr[..., k]), kern[k]) for k in range(27)) + b
+        return jnp.sum(jnp.where(st.mask[..., None], out, 0) * cot)
+
+    def ours(f, kern, b):
+        return jnp.sum(submanifold_conv3d(f, nbr, kern, b, st.mask) * cot)
+
+    args = (st.feats, kernel_from_torch(weight), jnp.asarray(bias))
+    want = jax.jit(jax.grad(plain, argnums=(0, 1, 2)))(*args)
+    got = jax.jit(jax.grad(ours, argnums=(0, 1, 2)))(*args)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_features_accumulate_in_f32(weights):
+    coords, feats = LAYOUTS["clustered"]
+    weight, bias = weights[3]
+    st = SparseTensor.from_packed(coords, feats, capacity=48)
+    out = conv(st.feats.astype(jnp.bfloat16), st.coords, st.mask, (kernel_from_torch(weight), jnp.asarray(bias)), 3)
+    assert out.dtype == jnp.bfloat16
+    want = ref.submanifold_conv(coords, np.asarray(jnp.asarray(feats, jnp.bfloat16), np.float32),
+                                np.asarray(jnp.asarray(weight, jnp.bfloat16), np.float32), bias)
+    got = SparseTensor(st.coords, out.astype(jnp.float32), st.mask).to_packed()[1]
+    np.testing.assert_allclose(got, want, atol=2e-2, rtol=2e-2)
