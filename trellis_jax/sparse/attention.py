@@ -2,7 +2,8 @@
 
 One API, two implementations:
 
-* `impl="xla"`: pure JAX. Full attention is dense masked attention. Window attention sorts the
+* `impl="xla"`: pure JAX. Full attention is masked attention over each sample, computed a chunk
+  of queries at a time (rematerialised in the backward pass, memory O(chunk·L)). Window attention sorts the
   tokens of each sample by window, cuts the sorted sequence into blocks of `block_size`, and lets
   every query block attend only to the 2r+1 key blocks around it (r = ⌈(max_window−1)/block⌉, the
   farthest a same-window token can be), masked by window id. Work is O(L·window), not O(L²).
@@ -70,7 +71,8 @@ def window_layout(coords: jax.Array, mask: jax.Array, window_size: int = 8, shif
     sorted_ids = jnp.take_along_axis(ids, perm, axis=-1)
     sorted_valid = jnp.take_along_axis(mask, perm, axis=-1)
     seg = jnp.where(sorted_valid, sorted_ids, -1).astype(jnp.int32)
-    inv = jnp.argsort(perm, axis=-1).astype(jnp.int32)
+    rows = jnp.broadcast_to(jnp.arange(perm.shape[-1], dtype=jnp.int32), perm.shape)
+    inv = jax.vmap(lambda p, r: jnp.zeros_like(p).at[p].set(r))(perm, rows)  # inverse permutation
     return AttentionLayout(perm, inv, seg, kind="window", max_group=window_size**3)
 
 
@@ -159,18 +161,44 @@ def blocked_segment_attention(q, k, v, segment_ids, max_group, block_size=256, s
     return out.reshape(B, nb * block, H, D)[:, :L]
 
 
+def query_chunked_attention(q, k, v, segment_ids, chunk_size=256, scale=None):
+    """`dense_attention` with segment ids, computed `chunk_size` queries at a time.
+
+    q/k/v [B, L, H, D], segment_ids [B, L]. Each chunk is rematerialised in the backward pass, so
+    peak memory is O(chunk·L) logits instead of O(L²) (per-sample full attention at L ≈ 20K).
+    """
+    B, L, H, D = q.shape
+    if L <= chunk_size:
+        return dense_attention(q, k, v, segment_ids, segment_ids, scale)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    q, k, v = (_zero_padding(t, segment_ids) for t in (q, k, v))
+    n = -(-L // chunk_size)
+    qc = jnp.moveaxis(_pad_blocks(q, n, chunk_size, 0), 1, 0)  # [n, B, chunk, H, D]
+    sc = jnp.moveaxis(_pad_blocks(segment_ids, n, chunk_size, -1), 1, 0)  # [n, B, chunk]
+
+    @jax.checkpoint
+    def one_chunk(args):
+        q_i, s_i = args
+        allowed = (s_i[:, :, None] == segment_ids[:, None, :]) & (s_i[:, :, None] >= 0)
+        return _masked_softmax_attend(q_i, k, v, allowed, scale)
+
+    out = jax.lax.map(one_chunk, (qc, sc))  # [n, B, chunk, H, D]
+    return jnp.moveaxis(out, 0, 1).reshape(B, n * chunk_size, H, D)[:, :L]
+
+
 def _take_rows(x, index):
     return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
 def sparse_self_attention(q, k, v, layout: AttentionLayout, *, impl: str = "xla", block_size: int = 256):
-    """Self-attention of padded voxel tokens q/k/v [B, L, H, D] grouped by `layout`.
+    """Self-attention of padded voxel tokens q/k/v [B, L, H, D] grouped by `layout` -> [B, L, H, D].
 
-    Padding rows (segment -1) neither attend nor are attended to; their output is 0.
+    Padding rows (segment -1) neither attend nor are attended to; their output is 0. In the XLA
+    path `block_size` is the query chunk of full attention and the block of window attention.
     """
     if impl == "xla":
         if layout.kind == "full":
-            return dense_attention(q, k, v, layout.segment_ids, layout.segment_ids)
+            return query_chunked_attention(q, k, v, layout.segment_ids, block_size)
         qs, ks, vs = (_take_rows(t, layout.perm) for t in (q, k, v))
         out = blocked_segment_attention(qs, ks, vs, layout.segment_ids, layout.max_group, block_size)
         return _take_rows(out, layout.inv_perm)
