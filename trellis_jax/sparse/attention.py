@@ -3,10 +3,11 @@
 One API, two implementations:
 
 * `impl="xla"`: pure JAX. Full attention is masked attention over each sample, computed a chunk
-  of queries at a time (rematerialised in the backward pass, memory O(chunk·L)). Window attention sorts the
-  tokens of each sample by window, cuts the sorted sequence into blocks of `block_size`, and lets
-  every query block attend only to the 2r+1 key blocks around it (r = ⌈(max_window−1)/block⌉, the
-  farthest a same-window token can be), masked by window id. Work is O(L·window), not O(L²).
+  of queries at a time (rematerialised in the backward pass: memory O(chunk·L), not O(L²)).
+  Window attention sorts the tokens of each sample by window, cuts the sorted sequence into
+  blocks of `block_size`, and lets every query block attend only to the 2r+1 key blocks around it
+  (r = ⌈(max_window−1)/block⌉, the farthest a same-window token can be), masked by window id.
+  Work is O(L·window), not O(L²).
 * `impl="pallas"`: the block-sparse flash-attention kernel in `kernels/` (forward + backward),
   driven by the same `AttentionLayout`.
 
