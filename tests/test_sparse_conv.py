@@ -186,3 +186,19 @@ def test_bf16_features_accumulate_in_f32(weights):
                                 np.asarray(jnp.asarray(weight, jnp.bfloat16), np.float32), bias)
     got = SparseTensor(st.coords, out.astype(jnp.float32), st.mask).to_packed()[1]
     np.testing.assert_allclose(got, want, atol=2e-2, rtol=2e-2)
+
+
+def test_sharded_over_batch_equals_unsharded(weights):
+    """Neighbour map + conv jitted on a batch sharded over the 8 CPU devices."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    rng = np.random.default_rng(12)
+    coords, feats = ref.random_packed(rng, [30, 0, 12, 48, 5, 1, 20, 33], CIN, resolution=8)
+    st = SparseTensor.from_packed(coords, feats, capacity=48)
+    kb = (kernel_from_torch(weights[3][0]), jnp.asarray(weights[3][1]))
+    mesh = jax.make_mesh((8,), ("batch",), axis_types=(jax.sharding.AxisType.Auto,))
+    sharded = jax.device_put(st, NamedSharding(mesh, P("batch")))
+    out = conv(sharded.feats, sharded.coords, sharded.mask, kb, 3)
+    assert out.sharding.spec[0] == "batch"
+    np.testing.assert_allclose(SparseTensor(st.coords, out, st.mask).to_packed()[1],
+                               ref.submanifold_conv(coords, feats, *weights[3]), atol=1e-4, rtol=1e-4)

@@ -91,8 +91,14 @@ def submanifold_conv3d(
     num_offsets = kernel.shape[0]
     if neighbors.shape[-1] != num_offsets:
         raise ValueError(f"neighbour map has {neighbors.shape[-1]} offsets, kernel has {num_offsets}")
-    index = jnp.where(neighbors < 0, feats.shape[1], neighbors)
-    out = _submanifold(feats, index, kernel.astype(feats.dtype), precision)
+    kernel = kernel.astype(feats.dtype)
+    if num_offsets == 1:  # a 1x1x1 conv is a per-voxel linear map: no gather needed
+        x = jnp.where((neighbors[..., :1] >= 0), feats, jnp.zeros((), feats.dtype))
+        out = jnp.einsum("blc,cd->bld", x, kernel[0], precision=precision,
+                         preferred_element_type=jnp.float32).astype(feats.dtype)
+    else:
+        index = jnp.where(neighbors < 0, feats.shape[1], neighbors)
+        out = _submanifold(feats, index, kernel, precision)
     if bias is not None:
         out = out + bias.astype(out.dtype)
     if mask is not None:
