@@ -72,8 +72,7 @@ def window_layout(coords: jax.Array, mask: jax.Array, window_size: int = 8, shif
     sorted_ids = jnp.take_along_axis(ids, perm, axis=-1)
     sorted_valid = jnp.take_along_axis(mask, perm, axis=-1)
     seg = jnp.where(sorted_valid, sorted_ids, -1).astype(jnp.int32)
-    rows = jnp.broadcast_to(jnp.arange(perm.shape[-1], dtype=jnp.int32), perm.shape)
-    inv = jax.vmap(lambda p, r: jnp.zeros_like(p).at[p].set(r))(perm, rows)  # inverse permutation
+    inv = jax.vmap(lambda p: jnp.zeros_like(p).at[p].set(jnp.arange(p.shape[0], dtype=p.dtype)))(perm)
     return AttentionLayout(perm, inv, seg, kind="window", max_group=window_size**3)
 
 

@@ -35,14 +35,13 @@ def _accumulate_offsets(x, index, kernel, precision):
     """
     padded = jnp.concatenate([x, jnp.zeros_like(x[:, :1])], axis=1)
 
-    def step(acc, offset):
-        index_k, kernel_k = offset
+    def term(index_k, kernel_k):
         x_k = jax.vmap(lambda p, i: p[i])(padded, index_k)
-        term = jnp.einsum("blc,cd->bld", x_k, kernel_k, precision=precision, preferred_element_type=jnp.float32)
-        return acc + term, None
+        return jnp.einsum("blc,cd->bld", x_k, kernel_k, precision=precision, preferred_element_type=jnp.float32)
 
-    acc = jnp.zeros(x.shape[:2] + (kernel.shape[-1],), jnp.float32)
-    out, _ = jax.lax.scan(step, acc, (jnp.moveaxis(index, -1, 0), kernel))
+    # Offset 0 outside the scan: the carry then starts with the inputs' (batch) sharding.
+    offsets = (jnp.moveaxis(index[..., 1:], -1, 0), kernel[1:])
+    out, _ = jax.lax.scan(lambda acc, o: (acc + term(*o), None), term(index[..., 0], kernel[0]), offsets)
     return out
 
 
@@ -64,7 +63,9 @@ def _submanifold_bwd(precision, residuals, cotangent):
 
     def kernel_grad(_, index_k):
         x_k = jax.vmap(lambda p, i: p[i])(padded, index_k)
-        return None, jnp.einsum("blc,bld->cd", x_k, g, precision=precision, preferred_element_type=jnp.float32)
+        # per sample, then summed: contracting a (possibly sharded) batch axis directly is ambiguous
+        per_sample = jnp.einsum("blc,bld->bcd", x_k, g, precision=precision, preferred_element_type=jnp.float32)
+        return None, jnp.sum(per_sample, axis=0)
 
     _, d_kernel = jax.lax.scan(kernel_grad, None, jnp.moveaxis(index, -1, 0))
     return d_feats, None, d_kernel.astype(kernel.dtype)

@@ -15,17 +15,19 @@ def _downsample_one(coords, feats, mask, factor, reference_mean):
     order = jnp.argsort(keys, stable=True)
     sorted_keys = keys[order]
     valid_sorted = mask[order]
-    is_new = valid_sorted & jnp.concatenate([jnp.array([True]), sorted_keys[1:] != sorted_keys[:-1]])
+    is_new = valid_sorted & jnp.concatenate([jnp.ones_like(valid_sorted[:1]), sorted_keys[1:] != sorted_keys[:-1]])
     rank_sorted = jnp.cumsum(is_new, dtype=jnp.int32) - 1
-    parent_sorted = jnp.where(valid_sorted, rank_sorted, L)  # L = dropped by segment_sum
-    parent = jnp.zeros((L,), jnp.int32).at[order].set(parent_sorted)
-    sums = jax.ops.segment_sum(feats.astype(jnp.float32), parent, num_segments=L)
-    counts = jax.ops.segment_sum(mask.astype(jnp.float32), parent, num_segments=L)
+    parent_sorted = jnp.where(valid_sorted, rank_sorted, L)  # L = out of range: dropped below
+    # Scatter targets are built from the (batched) inputs, not fresh constants, so that under an
+    # explicitly sharded batch they carry the batch sharding.
+    parent = jnp.zeros_like(parent_sorted).at[order].set(parent_sorted)
+    sums = jnp.zeros_like(feats, jnp.float32).at[parent].add(feats.astype(jnp.float32), mode="drop")
+    counts = jnp.zeros_like(mask, jnp.float32).at[parent].add(mask.astype(jnp.float32), mode="drop")
     num_parents = jnp.sum(is_new, dtype=jnp.int32)
     new_mask = jnp.arange(L) < num_parents
     denom = counts + 1.0 if reference_mean else jnp.maximum(counts, 1.0)
     new_feats = (sums / denom[:, None]).astype(feats.dtype)
-    new_coords = jnp.zeros((L, 3), jnp.int32).at[jnp.where(is_new, rank_sorted, L)].set(
+    new_coords = jnp.zeros_like(coords, jnp.int32).at[jnp.where(is_new, rank_sorted, L)].set(
         decode_key(sorted_keys), mode="drop"
     )
     return new_coords, masked(new_feats[None], new_mask[None])[0], new_mask, parent
