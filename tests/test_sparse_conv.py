@@ -153,17 +153,20 @@ def test_padding_changes_nothing_and_gets_no_gradient(weights):
     np.testing.assert_allclose(o1, ref.submanifold_conv(coords, feats, weight, bias), atol=1e-4, rtol=1e-4)
 
 
-def test_custom_gradient_equals_autodiff_of_plain_gather_conv(weights):
+@pytest.mark.parametrize("kernel_size", [3, 2])
+def test_custom_gradient_equals_autodiff_of_plain_gather_conv(weights, kernel_size):
     """The gather-only backward (flipped kernel on the symmetric map) equals autodiff of the
-    straightforward gather-and-sum form, for feats, kernel and bias."""
+    straightforward gather-and-sum form, for feats, kernel and bias (even kernels: autodiff)."""
     coords, feats = LAYOUTS["clustered"]
-    weight, bias = weights[3]
+    rng = np.random.default_rng(kernel_size)
+    weight = weights[3][0] if kernel_size == 3 else rng.standard_normal((COUT, 2, 2, 2, CIN)).astype(np.float32)
+    bias = weights[3][1]
     st = SparseTensor.from_packed(coords, feats, capacity=48)
-    nbr = neighbor_map(st.coords, st.mask, 3)
+    nbr = neighbor_map(st.coords, st.mask, kernel_size)
     cot = jnp.asarray(np.random.default_rng(8).standard_normal(st.feats.shape[:2] + (COUT,)), jnp.float32)
 
     def plain(f, kern, b):
-        out = sum(jnp.einsum("blc,cd->bld", gather_rows(f, nbr[..., k]), kern[k]) for k in range(27)) + b
+        out = sum(jnp.einsum("blc,cd->bld", gather_rows(f, nbr[..., k]), kern[k]) for k in range(kernel_size**3)) + b
         return jnp.sum(jnp.where(st.mask[..., None], out, 0) * cot)
 
     def ours(f, kern, b):
@@ -174,6 +177,9 @@ def test_custom_gradient_equals_autodiff_of_plain_gather_conv(weights):
     got = jax.jit(jax.grad(ours, argnums=(0, 1, 2)))(*args)
     for g, w in zip(got, want):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-5)
+    out = submanifold_conv3d(st.feats, nbr, kernel_from_torch(weight), jnp.asarray(bias), st.mask)
+    np.testing.assert_allclose(SparseTensor(st.coords, out, st.mask).to_packed()[1],
+                               ref.submanifold_conv(coords, feats, weight, bias), atol=1e-4, rtol=1e-4)
 
 
 def test_bf16_features_accumulate_in_f32(weights):

@@ -5,8 +5,8 @@ for absent neighbours) and multiplied by kernel[k]; the K terms are accumulated 
 `lax.scan` over offsets, so the program holds one gathered [B, L, Cin] slab at a time and stays
 small to compile however many convolutions a network has.
 
-The backward pass is gathers too, never scatters: submanifold neighbourhoods are symmetric
-(j is the k-th neighbour of i iff i is the (K−1−k)-th neighbour of j, offsets being ±), so
+The backward pass is gathers too, never scatters: for odd kernels, submanifold neighbourhoods are
+symmetric (j is the k-th neighbour of i iff i is the (K−1−k)-th neighbour of j, offsets being ±), so
 ∂feats is the same convolution of the output cotangent with the offset-flipped, transposed
 kernel, and ∂kernel[k] = gather_k(feats)ᵀ · cotangent.
 """
@@ -84,8 +84,8 @@ def submanifold_conv3d(
 ) -> jax.Array:
     """out[p] = bias + Σ_k kernel[k]ᵀ · feats[p + offset_k] over active neighbours only.
 
-    feats [B, L, Cin]; neighbors int32 [B, L, K] from `neighbor_map` (the backward pass relies on
-    its symmetry); kernel [K, Cin, Cout] (the released `[Cout, k, k, k, Cin]` through
+    feats [B, L, Cin]; neighbors int32 [B, L, K] from `neighbor_map` (for odd kernels the backward
+    pass relies on its symmetry); kernel [K, Cin, Cout] (the released `[Cout, k, k, k, Cin]` through
     `kernel_from_torch`), cast to feats' dtype; bias [Cout]. Accumulates in f32 and returns
     [B, L, Cout] in feats' dtype; padding rows are zero when `mask` is given.
     """
@@ -99,7 +99,10 @@ def submanifold_conv3d(
                          preferred_element_type=jnp.float32).astype(feats.dtype)
     else:
         index = jnp.where(neighbors < 0, feats.shape[1], neighbors)
-        out = _submanifold(feats, index, kernel, precision)
+        if num_offsets % 2:  # odd kernel: offsets come in ± pairs, the gather-only backward applies
+            out = _submanifold(feats, index, kernel, precision)
+        else:  # even kernel (unused by TRELLIS): plain autodiff of the forward
+            out = _accumulate_offsets(feats, index, kernel, precision).astype(feats.dtype)
     if bias is not None:
         out = out + bias.astype(out.dtype)
     if mask is not None:
