@@ -5,7 +5,7 @@
 Times (median of `--runs` after a warm-up, all jitted):
   dense      conv_general_dilated on the full [1, 64, 64, 64, C] grid (SAME padding)
   nbr_map    `neighbor_map` of the active set (computed once per resolution)
-  sparse     `submanifold_conv3d` given the neighbour map
+  sparse     `submanifold_conv3d` given the neighbour map (and, for reference, its fwd+bwd)
 The neighbour map is reused by every conv at a resolution, so it is reported both in full
 (sparse + nbr_map: one conv) and amortised over `--layers` convs. The last line is
 `sparse_conv: dense_over_sparse=<dense / (sparse + nbr_map)>` (the unamortised, conservative ratio).
@@ -79,6 +79,8 @@ def main():
     t_dense = median_time(dense_conv, dense_in, dense_kernel, jnp.asarray(bias), runs=args.runs)
     t_nbr = median_time(nbr_fn, coords_j, mask_j, 3, runs=args.runs)
     t_sparse = median_time(sparse_fn, feats_j, nbr, jnp.asarray(kernel), jnp.asarray(bias), mask_j, runs=args.runs)
+    grad_fn = jax.jit(jax.grad(lambda f, nb, w, b, m: jnp.sum(submanifold_conv3d(f, nb, w, b, m) ** 2), argnums=(0, 2, 3)))
+    t_grad = median_time(grad_fn, feats_j, nbr, jnp.asarray(kernel), jnp.asarray(bias), mask_j, runs=args.runs)
     t_one = t_sparse + t_nbr
     t_amortised = t_sparse + t_nbr / args.layers
 
@@ -94,6 +96,7 @@ def main():
     ]
     for name, t in rows:
         print(f"{name:<34}{1e3 * t:>10.1f}{t_dense / t:>10.2f}")
+    print(f"{'sparse conv fwd+bwd (map given)':<34}{1e3 * t_grad:>10.1f}{'':>10}")
     print(f"sparse_conv: dense_over_sparse={t_dense / t_one:.2f}")
 
 
