@@ -157,3 +157,18 @@ def test_named_sharding_over_batch(batch, axis_type):
     np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(g_feats), np.asarray(want_feats), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.asarray(g_kernel), np.asarray(want_kernel), rtol=1e-4, atol=1e-5)
+
+
+def test_uint8_coords_and_bf16_feats_round_trip():
+    """Latent files store coords uint8 [L, 3]; features may be bf16."""
+    rng = np.random.default_rng(4)
+    coords = rng.choice(64**3, 20, replace=False)
+    coords = np.stack(np.unravel_index(coords, (64,) * 3), -1).astype(np.uint8)
+    feats = jnp.asarray(rng.standard_normal((20, 8)), jnp.bfloat16)
+    st = SparseTensor.from_samples([coords], [np.asarray(feats)], capacity=32)
+    assert st.coords.dtype == jnp.int32 and st.feats.dtype == jnp.bfloat16
+    packed_coords, packed_feats = st.to_packed()
+    np.testing.assert_array_equal(packed_coords[:, 1:], coords)
+    np.testing.assert_array_equal(packed_feats.view(np.uint16), np.asarray(feats).view(np.uint16))
+    packed = np.concatenate([np.zeros((20, 1), np.uint8), coords], 1)  # uint8 packed: no key overflow
+    SparseTensor.from_packed(packed, np.asarray(feats), capacity=20)
