@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from tests import sparse_reference as ref
-from trellis_jax.sparse import SparseTensor, downsample, subdivide, upsample
+from trellis_jax.sparse import (
+    CapacityError,
+    SparseTensor,
+    check_overflow,
+    downsample,
+    downsample_overflow,
+    subdivide,
+    upsample,
+)
 
 CAP = 40
 
@@ -108,3 +116,29 @@ def test_padding_changes_nothing_and_gets_no_gradient():
     np.testing.assert_allclose(v1, v2, rtol=1e-5)
     np.testing.assert_allclose(g1, g2, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(o1, o2, rtol=1e-6)
+
+
+def test_coarse_capacity_and_overflow():
+    coords, feats = _packed([40, 0, 13], seed=5)
+    st = SparseTensor.from_packed(coords, feats, capacity=CAP, resolution=6)
+    full, full_parent = down(st)
+    counts = np.asarray(full.counts())
+    fits = int(counts.max())
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def down_to(st, capacity):
+        coarse, parent = downsample(st, capacity=capacity)
+        return coarse, parent, downsample_overflow(parent, st.mask, capacity), upsample(coarse.feats, parent, st)
+
+    for capacity in (fits, CAP + 8):
+        coarse, parent, over, up = down_to(st, capacity)
+        assert coarse.capacity == capacity and not np.asarray(over).any()
+        for a, b in zip(coarse.to_packed(), full.to_packed()):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(np.asarray(parent)[np.asarray(st.mask)], np.asarray(full_parent)[np.asarray(st.mask)])
+        assert (np.asarray(parent)[~np.asarray(st.mask)] == capacity).all()
+        np.testing.assert_allclose(up.to_packed()[1], down_up(st).to_packed()[1] / 3.0, rtol=1e-6)
+    _, _, over, _ = down_to(st, fits - 1)
+    np.testing.assert_array_equal(np.asarray(over), counts > fits - 1)
+    with pytest.raises(CapacityError, match=r"samples \[0\]"):
+        check_overflow(over, "coarse level")

@@ -33,7 +33,9 @@ def _downsample_one(coords, feats, mask, factor, reference_mean):
     return new_coords, masked(new_feats[None], new_mask[None])[0], new_mask, parent
 
 
-def downsample(x: SparseTensor, factor: int = 2, reference_mean: bool = True) -> tuple[SparseTensor, jax.Array]:
+def downsample(
+    x: SparseTensor, factor: int = 2, reference_mean: bool = True, capacity: int | None = None
+) -> tuple[SparseTensor, jax.Array]:
     """Pool each voxel into its parent ⌊p/factor⌋, averaging the features of its *active* children.
 
     `reference_mean=True` (default) reproduces the reference exactly: its `SparseDownsample` calls
@@ -42,15 +44,34 @@ def downsample(x: SparseTensor, factor: int = 2, reference_mean: bool = True) ->
     Σ children / (n + 1). The released SLat-flow weights were trained with this. `False` gives the
     plain mean Σ children / n.
 
-    Returns (coarse, parent_index). coarse keeps the capacity L of `x` (a sample can never have more
-    parents than children) with rows sorted by (x, y, z) as in the reference; parent_index int32
-    [B, L] maps every fine row to its coarse row (L for padding rows) and pairs with `upsample`.
+    Returns (coarse, parent_index): coarse has coords [B, Lc, 3], feats [B, Lc, C], rows sorted by
+    (x, y, z) as in the reference; parent_index int32 [B, L] maps every fine row to its coarse row
+    (Lc for padding rows) and pairs with `upsample`. Lc = `capacity`, by default the fine capacity L
+    (a sample never has more parents than children). A smaller `capacity` (parents are typically
+    far fewer than voxels, and coarse-level attention costs Lc²) keeps the first `capacity` parents;
+    a sample overflowed iff one of its valid fine rows has parent_index == capacity (see
+    `downsample_overflow`).
     """
     coords, feats, mask, parent = jax.vmap(lambda c, f, m: _downsample_one(c, f, m, factor, reference_mean))(
         x.coords, x.feats, x.mask
     )
+    if capacity is not None and capacity < x.capacity:
+        coords, feats, mask = coords[:, :capacity], feats[:, :capacity], mask[:, :capacity]
+        parent = jnp.minimum(parent, capacity)
+    elif capacity is not None and capacity > x.capacity:
+        pad = capacity - x.capacity
+        coords = jnp.pad(coords, ((0, 0), (0, pad), (0, 0)))
+        feats = jnp.pad(feats, ((0, 0), (0, pad), (0, 0)))
+        mask = jnp.pad(mask, ((0, 0), (0, pad)))
+        parent = jnp.where(parent == x.capacity, capacity, parent)
     coarse = SparseTensor(coords, feats, mask, resolution=max(1, x.resolution // factor))
     return coarse, parent
+
+
+def downsample_overflow(parent_index: jax.Array, fine_mask: jax.Array, capacity: int) -> jax.Array:
+    """bool [B]: the sample had more parents than the `capacity` given to `downsample`
+    (pass it to `check_overflow` on the host)."""
+    return jnp.any(fine_mask & (parent_index >= capacity), axis=-1)
 
 
 def upsample(coarse_feats: jax.Array, parent_index: jax.Array, fine: SparseTensor) -> SparseTensor:
