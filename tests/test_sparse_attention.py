@@ -133,3 +133,20 @@ def test_unknown_impl_is_rejected():
     x = jnp.zeros((1, 2, H, D))
     with pytest.raises(ValueError, match="unknown attention impl 'cuda'"):
         sparse_self_attention(x, x, x, full_layout(mask), impl="cuda")
+
+
+@pytest.mark.parametrize("shift", [0, 4])
+def test_full_512_token_window_across_default_blocks(shift):
+    """A completely filled 8³ window (512 tokens) that straddles three 256-token blocks."""
+    rng = np.random.default_rng(10)
+    cube = np.stack(np.meshgrid(*[np.arange(8, 16)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    before = np.stack(np.unravel_index(rng.choice(8 * 64 * 64, 100, replace=False), (8, 64, 64)), -1)
+    coords = np.concatenate([np.zeros((612, 1), int), np.concatenate([before, cube])], 1)[rng.permutation(612)]
+    qkv = rng.standard_normal((612, 3, 1, 4)).astype(np.float32)
+    st = SparseTensor.from_packed(coords, np.zeros((612, 1)), capacity=640)
+    x = np.zeros((1, 640, 3, 1, 4), np.float32)
+    x[np.asarray(st.mask)] = qkv
+    out = attend(*(jnp.asarray(x[:, :, i]) for i in range(3)), st.coords, st.mask, "window", 8, shift, 256)
+    if shift == 0:
+        assert np.bincount(np.unique(ref.window_keys(coords, 8, 0), return_inverse=True)[1]).max() == 512
+    np.testing.assert_allclose(np.asarray(out)[0, :612], _reference(coords, qkv, "window", 8, shift), atol=2e-5, rtol=1e-4)
