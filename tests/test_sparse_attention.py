@@ -112,9 +112,14 @@ def test_cross_attention_per_sample():
     rng = np.random.default_rng(6)
     q = rng.standard_normal((3, 10, H, D)).astype(np.float32)
     k, v = (rng.standard_normal((3, 7, H, D)).astype(np.float32) for _ in range(2))
-    out = np.asarray(jax.jit(cross_attention)(q, k, v))
-    for b in range(3):
-        np.testing.assert_allclose(out[b], ref.attention(q[b], k[b], v[b]), atol=2e-5, rtol=1e-4)
+    for chunk in (1024, 4):  # one piece; chunks of 4 queries (last chunk partly padding)
+        out = np.asarray(jax.jit(cross_attention, static_argnums=3)(q, k, v, chunk))
+        for b in range(3):
+            np.testing.assert_allclose(out[b], ref.attention(q[b], k[b], v[b]), atol=2e-5, rtol=1e-4)
+    grads = jax.grad(lambda q, k, v: jnp.sum(cross_attention(q, k, v, 4) ** 2), argnums=(0, 1, 2))(q, k, v)
+    want = jax.grad(lambda q, k, v: jnp.sum(dense_attention(q, k, v) ** 2), argnums=(0, 1, 2))(q, k, v)
+    for g, w in zip(grads, want):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-5)
 
 
 def test_dense_attention_segments_default_to_query_segments():

@@ -157,33 +157,41 @@ def blocked_segment_attention(q, k, v, segment_ids, max_group, block_size=256, s
     sq = _pad_blocks(segment_ids, nb, block, -1)
     sk = _neighbourhood(sq, radius)
     allowed = (sq[..., :, None] == sk[..., None, :]) & (sq[..., :, None] >= 0)
-    out = _masked_softmax_attend(qb, kb, vb, allowed, scale)  # [B, nb, block, H, D]
+    # Rematerialised in the backward pass: only q/k/v are kept, not the [B, nb, H, block, (2r+1)·block] logits.
+    attend = jax.checkpoint(lambda *a: _masked_softmax_attend(*a, scale))
+    out = attend(qb, kb, vb, allowed)  # [B, nb, block, H, D]
     return out.reshape(B, nb * block, H, D)[:, :L]
 
 
-def query_chunked_attention(q, k, v, segment_ids, chunk_size=256, scale=None):
-    """`dense_attention` with segment ids, computed `chunk_size` queries at a time.
+def query_chunked_attention(q, k, v, q_segments=None, kv_segments=None, chunk_size=256, scale=None):
+    """`dense_attention`, computed `chunk_size` queries at a time.
 
-    q/k/v [B, L, H, D], segment_ids [B, L]. Each chunk is rematerialised in the backward pass, so
-    peak memory is O(chunk·L) logits instead of O(L²) (per-sample full attention at L ≈ 20K).
+    q [B, Lq, H, D], k/v [B, Lk, H, D], optional segment ids as in `dense_attention`. Each chunk
+    is rematerialised in the backward pass, so peak memory is O(chunk·Lk) logits instead of
+    O(Lq·Lk) (per-sample full attention at L ≈ 20K; cross-attention to 1374 image tokens).
     """
-    B, L, H, D = q.shape
-    if L <= chunk_size:
-        return dense_attention(q, k, v, segment_ids, segment_ids, scale)
+    B, Lq, H, D = q.shape
+    if Lq <= chunk_size:
+        return dense_attention(q, k, v, q_segments, kv_segments, scale)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    q, k, v = (_zero_padding(t, segment_ids) for t in (q, k, v))
-    n = -(-L // chunk_size)
+    if q_segments is not None:
+        kv_segments = q_segments if kv_segments is None else kv_segments
+        q, k, v = _zero_padding(q, q_segments), _zero_padding(k, kv_segments), _zero_padding(v, kv_segments)
+    else:
+        q_segments = jnp.zeros((B, Lq), jnp.int32)
+        kv_segments = jnp.zeros(k.shape[:2], jnp.int32)
+    n = -(-Lq // chunk_size)
     qc = jnp.moveaxis(_pad_blocks(q, n, chunk_size, 0), 1, 0)  # [n, B, chunk, H, D]
-    sc = jnp.moveaxis(_pad_blocks(segment_ids, n, chunk_size, -1), 1, 0)  # [n, B, chunk]
+    sc = jnp.moveaxis(_pad_blocks(q_segments, n, chunk_size, -1), 1, 0)  # [n, B, chunk]
 
     @jax.checkpoint
     def one_chunk(args):
         q_i, s_i = args
-        allowed = (s_i[:, :, None] == segment_ids[:, None, :]) & (s_i[:, :, None] >= 0)
+        allowed = (s_i[:, :, None] == kv_segments[:, None, :]) & (s_i[:, :, None] >= 0)
         return _masked_softmax_attend(q_i, k, v, allowed, scale)
 
     out = jax.lax.map(one_chunk, (qc, sc))  # [n, B, chunk, H, D]
-    return jnp.moveaxis(out, 0, 1).reshape(B, n * chunk_size, H, D)[:, :L]
+    return jnp.moveaxis(out, 0, 1).reshape(B, n * chunk_size, H, D)[:, :Lq]
 
 
 def _take_rows(x, index):
@@ -198,7 +206,7 @@ def sparse_self_attention(q, k, v, layout: AttentionLayout, *, impl: str = "xla"
     """
     if impl == "xla":
         if layout.kind == "full":
-            return query_chunked_attention(q, k, v, layout.segment_ids, block_size)
+            return query_chunked_attention(q, k, v, layout.segment_ids, layout.segment_ids, block_size)
         qs, ks, vs = (_take_rows(t, layout.perm) for t in (q, k, v))
         out = blocked_segment_attention(qs, ks, vs, layout.segment_ids, layout.max_group, block_size)
         return _take_rows(out, layout.inv_perm)
@@ -213,6 +221,8 @@ def sparse_self_attention(q, k, v, layout: AttentionLayout, *, impl: str = "xla"
     raise ValueError(f"unknown attention impl {impl!r} (expected 'xla' or 'pallas')")
 
 
-def cross_attention(q, k, v):
-    """Voxel queries q [B, L, H, D] attend to that sample's dense condition k/v [B, Lc, H, D]."""
-    return dense_attention(q, k, v)
+def cross_attention(q, k, v, chunk_size: int = 1024):
+    """Voxel queries q [B, L, H, D] attend to that sample's dense condition k/v [B, Lc, H, D]
+    -> [B, L, H, D], `chunk_size` queries at a time. Padding queries get an ordinary (finite)
+    output; mask it where the invariant needs zero padding rows."""
+    return query_chunked_attention(q, k, v, chunk_size=chunk_size)
