@@ -154,4 +154,5 @@ def test_full_512_token_window_across_default_blocks(shift):
     out = attend(*(jnp.asarray(x[:, :, i]) for i in range(3)), st.coords, st.mask, "window", 8, shift, 256)
     if shift == 0:
         assert np.bincount(np.unique(ref.window_keys(coords, 8, 0), return_inverse=True)[1]).max() == 512
-    np.testing.assert_allclose(np.asarray(out)[0, :612], _reference(coords, qkv, "window", 8, shift), atol=2e-5, rtol=1e-4)
+    want = _reference(coords, qkv, "window", 8, shift)
+    np.testing.assert_allclose(np.asarray(out)[0, :612], want, atol=2e-5, rtol=1e-4)

@@ -115,7 +115,8 @@ def test_kernel_layout_round_trip(weights):
         kernel = kernel_from_torch(weight)
         assert kernel.shape == (k**3, CIN, COUT)
         for r in np.ndindex(k, k, k):  # offset index k²·r0 + k·r1 + r2 holds W[:, r0, r1, r2, :]ᵀ
-            np.testing.assert_array_equal(np.asarray(kernel[k * k * r[0] + k * r[1] + r[2]]), weight[:, r[0], r[1], r[2], :].T)
+            offset = k * k * r[0] + k * r[1] + r[2]
+            np.testing.assert_array_equal(np.asarray(kernel[offset]), weight[:, r[0], r[1], r[2], :].T)
         np.testing.assert_array_equal(np.asarray(kernel_to_torch(kernel, k)), weight)
 
 

@@ -59,7 +59,8 @@ def test_downsample_matches_reference(counts, reference_mean):
 
 def test_reference_mean_counts_the_zero_it_starts_from():
     """A parent with children 2 and 4 gets (2 + 4) / 3 in the reference (torch include_self)."""
-    st = SparseTensor.from_samples([[[0, 0, 0], [1, 1, 1], [2, 0, 0]]], [[[2.0], [4.0], [6.0]]], capacity=4, resolution=4)
+    coords, feats = [[[0, 0, 0], [1, 1, 1], [2, 0, 0]]], [[[2.0], [4.0], [6.0]]]
+    st = SparseTensor.from_samples(coords, feats, capacity=4, resolution=4)
     np.testing.assert_allclose(down(st)[0].to_packed()[1][:, 0], [2.0, 3.0])
     np.testing.assert_allclose(down(st, reference_mean=False)[0].to_packed()[1][:, 0], [3.0, 6.0])
 
@@ -84,7 +85,7 @@ def test_subdivide_children_order_and_layout():
     got_coords, got_feats = fine.to_packed()
     children = [(i, j, k) for i in (0, 1) for j in (0, 1) for k in (0, 1)]
     assert children[:3] == [(0, 0, 0), (0, 0, 1), (0, 1, 0)] and children[-1] == (1, 1, 1)
-    want_coords = np.array([[c[0], 2 * c[1] + o[0], 2 * c[2] + o[1], 2 * c[3] + o[2]] for c in coords for o in children])
+    want_coords = np.array([[c[0], *(2 * c[1:] + np.array(o))] for c in coords for o in children])
     np.testing.assert_array_equal(got_coords, want_coords)  # children of a parent consecutive
     np.testing.assert_array_equal(got_feats, np.repeat(feats, 8, axis=0))
     np.testing.assert_array_equal(np.asarray(fine.counts()), [24, 0, 16])
@@ -135,7 +136,8 @@ def test_coarse_capacity_and_overflow():
         assert coarse.capacity == capacity and not np.asarray(over).any()
         for a, b in zip(coarse.to_packed(), full.to_packed()):
             np.testing.assert_array_equal(a, b)
-        np.testing.assert_array_equal(np.asarray(parent)[np.asarray(st.mask)], np.asarray(full_parent)[np.asarray(st.mask)])
+        valid = np.asarray(st.mask)
+        np.testing.assert_array_equal(np.asarray(parent)[valid], np.asarray(full_parent)[valid])
         assert (np.asarray(parent)[~np.asarray(st.mask)] == capacity).all()
         np.testing.assert_allclose(up.to_packed()[1], down_up(st).to_packed()[1] / 3.0, rtol=1e-6)
     _, _, over, _ = down_to(st, fits - 1)
