@@ -16,6 +16,7 @@ from trellis_jax.sparse import (
     sparse_self_attention,
     window_layout,
 )
+from trellis_jax.sparse.attention import query_chunked_attention
 
 H, D = 2, 8
 COUNTS = [45, 0, 30, 1]
@@ -156,3 +157,18 @@ def test_full_512_token_window_across_default_blocks(shift):
         assert np.bincount(np.unique(ref.window_keys(coords, 8, 0), return_inverse=True)[1]).max() == 512
     want = _reference(coords, qkv, "window", 8, shift)
     np.testing.assert_allclose(np.asarray(out)[0, :612], want, atol=2e-5, rtol=1e-4)
+
+
+def test_key_padding_mask_alone():
+    """kv_segments without q_segments masks keys for every query (padded condition tokens)."""
+    rng = np.random.default_rng(8)
+    q = rng.standard_normal((2, 9, H, D)).astype(np.float32)
+    k, v = (rng.standard_normal((2, 5, H, D)).astype(np.float32) for _ in range(2))
+    kv_seg = np.array([[0, 0, 0, -1, -1], [3, 3, 3, 3, 3]], np.int32)
+    k[0, 3:] = np.nan  # masked keys are never read
+    v[0, 3:] = np.nan
+    for out in (dense_attention(q, k, v, None, kv_seg),
+                jax.jit(lambda *a: query_chunked_attention(*a, chunk_size=4))(q, k, v, None, kv_seg)):
+        out = np.asarray(out)
+        np.testing.assert_allclose(out[0], ref.attention(q[0], k[0, :3], v[0, :3]), atol=2e-5, rtol=1e-4)
+        np.testing.assert_allclose(out[1], ref.attention(q[1], k[1], v[1]), atol=2e-5, rtol=1e-4)

@@ -100,19 +100,28 @@ def _masked_softmax_attend(q, k, v, allowed, scale):
 
 
 def dense_attention(q, k, v, q_segments=None, kv_segments=None, scale=None):
-    """Plain multi-head attention q [B, Lq, H, D], k/v [B, Lk, H, D].
+    """Plain multi-head attention q [B, Lq, H, D], k/v [B, Lk, H, D] -> [B, Lq, H, D].
 
     With segment ids ([B, Lq], [B, Lk]; kv defaults to q's), a query attends only to keys of the
-    same non-negative id; queries of id -1 get output 0.
+    same non-negative id; queries of id -1 get output 0. With kv_segments alone, every query
+    attends to the keys of non-negative id (a key padding mask).
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    if q_segments is None:
-        allowed = jnp.ones((q.shape[0], q.shape[1], k.shape[1]), bool)
-    else:
-        kv_segments = q_segments if kv_segments is None else kv_segments
-        allowed = (q_segments[:, :, None] == kv_segments[:, None, :]) & (q_segments[:, :, None] >= 0)
-        q, k, v = _zero_padding(q, q_segments), _zero_padding(k, kv_segments), _zero_padding(v, kv_segments)
+    q, k, v, allowed = _apply_segments(q, k, v, q_segments, kv_segments)
     return _masked_softmax_attend(q, k, v, allowed, scale)
+
+
+def _apply_segments(q, k, v, q_segments, kv_segments):
+    """(q, k, v with padding rows zeroed, allowed bool [B, Lq, Lk]) for the segment ids."""
+    shape = (q.shape[0], q.shape[1], k.shape[1])
+    if q_segments is None and kv_segments is None:
+        return q, k, v, jnp.ones(shape, bool)
+    if q_segments is None:
+        return q, _zero_padding(k, kv_segments), _zero_padding(v, kv_segments), jnp.broadcast_to(
+            (kv_segments >= 0)[:, None, :], shape)
+    kv_segments = q_segments if kv_segments is None else kv_segments
+    allowed = (q_segments[:, :, None] == kv_segments[:, None, :]) & (q_segments[:, :, None] >= 0)
+    return _zero_padding(q, q_segments), _zero_padding(k, kv_segments), _zero_padding(v, kv_segments), allowed
 
 
 def _zero_padding(x, segment_ids):
@@ -174,13 +183,13 @@ def query_chunked_attention(q, k, v, q_segments=None, kv_segments=None, chunk_si
     if Lq <= chunk_size:
         return dense_attention(q, k, v, q_segments, kv_segments, scale)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    if q_segments is not None:
-        kv_segments = q_segments if kv_segments is None else kv_segments
-        q, k, v = _zero_padding(q, q_segments), _zero_padding(k, kv_segments), _zero_padding(v, kv_segments)
-    else:
-        q_segments = jnp.zeros((B, Lq), jnp.int32)
-        kv_segments = jnp.zeros(k.shape[:2], jnp.int32)
     n = -(-Lq // chunk_size)
+    if q_segments is None:  # padded query rows of the last chunk are sliced off below
+        q_segments = jnp.zeros((B, Lq), jnp.int32)
+        kv_segments = jnp.zeros(k.shape[:2], jnp.int32) if kv_segments is None else kv_segments
+        kv_segments = jnp.where(kv_segments >= 0, 0, -1)
+    kv_segments = q_segments if kv_segments is None else kv_segments
+    q, k, v, _ = _apply_segments(q, k, v, q_segments, kv_segments)
     qc = jnp.moveaxis(_pad_blocks(q, n, chunk_size, 0), 1, 0)  # [n, B, chunk, H, D]
     sc = jnp.moveaxis(_pad_blocks(q_segments, n, chunk_size, -1), 1, 0)  # [n, B, chunk]
 
