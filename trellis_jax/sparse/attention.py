@@ -2,10 +2,12 @@
 
 One API, two implementations:
 
-* `impl="xla"`: pure JAX. Full attention is dense masked attention. Window attention sorts the
-  tokens of each sample by window, cuts the sorted sequence into blocks of `block_size`, and lets
-  every query block attend only to the 2r+1 key blocks around it (r = ⌈(max_window−1)/block⌉, the
-  farthest a same-window token can be), masked by window id. Work is O(L·window), not O(L²).
+* `impl="xla"`: pure JAX. Full attention is masked attention over each sample, computed a chunk
+  of queries at a time (rematerialised in the backward pass: memory O(chunk·L), not O(L²)).
+  Window attention sorts the tokens of each sample by window, cuts the sorted sequence into
+  blocks of `block_size`, and lets every query block attend only to the 2r+1 key blocks around it
+  (r = ⌈(max_window−1)/block⌉, the farthest a same-window token can be), masked by window id.
+  Work is O(L·window), not O(L²).
 * `impl="pallas"`: the block-sparse flash-attention kernel in `kernels/` (forward + backward),
   driven by the same `AttentionLayout`.
 
@@ -70,7 +72,7 @@ def window_layout(coords: jax.Array, mask: jax.Array, window_size: int = 8, shif
     sorted_ids = jnp.take_along_axis(ids, perm, axis=-1)
     sorted_valid = jnp.take_along_axis(mask, perm, axis=-1)
     seg = jnp.where(sorted_valid, sorted_ids, -1).astype(jnp.int32)
-    inv = jnp.argsort(perm, axis=-1).astype(jnp.int32)
+    inv = jax.vmap(lambda p: jnp.zeros_like(p).at[p].set(jnp.arange(p.shape[0], dtype=p.dtype)))(perm)
     return AttentionLayout(perm, inv, seg, kind="window", max_group=window_size**3)
 
 
@@ -98,16 +100,35 @@ def _masked_softmax_attend(q, k, v, allowed, scale):
 
 
 def dense_attention(q, k, v, q_segments=None, kv_segments=None, scale=None):
-    """Plain multi-head attention q [B, Lq, H, D], k/v [B, Lk, H, D].
+    """Plain multi-head attention q [B, Lq, H, D], k/v [B, Lk, H, D] -> [B, Lq, H, D].
 
-    With segment ids ([B, Lq], [B, Lk]), a query attends only to keys of the same non-negative id.
+    With segment ids ([B, Lq], [B, Lk]; kv defaults to q's), a query attends only to keys of the
+    same non-negative id; queries of id -1 get output 0. With kv_segments alone, every query
+    attends to the keys of non-negative id (a key padding mask).
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    if q_segments is None:
-        allowed = jnp.ones((q.shape[0], q.shape[1], k.shape[1]), bool)
-    else:
-        allowed = (q_segments[:, :, None] == kv_segments[:, None, :]) & (q_segments[:, :, None] >= 0)
+    q, k, v, allowed = _apply_segments(q, k, v, q_segments, kv_segments)
     return _masked_softmax_attend(q, k, v, allowed, scale)
+
+
+def _apply_segments(q, k, v, q_segments, kv_segments):
+    """(q, k, v with padding rows zeroed, allowed bool [B, Lq, Lk]) for the segment ids."""
+    shape = (q.shape[0], q.shape[1], k.shape[1])
+    if q_segments is None and kv_segments is None:
+        return q, k, v, jnp.ones(shape, bool)
+    if q_segments is None:
+        return q, _zero_padding(k, kv_segments), _zero_padding(v, kv_segments), jnp.broadcast_to(
+            (kv_segments >= 0)[:, None, :], shape)
+    kv_segments = q_segments if kv_segments is None else kv_segments
+    allowed = (q_segments[:, :, None] == kv_segments[:, None, :]) & (q_segments[:, :, None] >= 0)
+    return _zero_padding(q, q_segments), _zero_padding(k, kv_segments), _zero_padding(v, kv_segments), allowed
+
+
+def _zero_padding(x, segment_ids):
+    """Zero the padding rows (segment -1) of q/k/v [B, L, H, D]. Their attention weights are exactly
+    0, but 0·NaN is not: non-finite padding would otherwise reach valid outputs (through v) or valid
+    gradients (dk sums over padding queries, dq over padding keys)."""
+    return jnp.where((segment_ids >= 0)[:, :, None, None], x, jnp.zeros((), x.dtype))
 
 
 def _pad_blocks(x, num_blocks, block, fill):
@@ -138,14 +159,48 @@ def blocked_segment_attention(q, k, v, segment_ids, max_group, block_size=256, s
     block = min(block_size, L)
     nb = -(-L // block)
     radius = min(nb - 1, -(-(max_group - 1) // block))
+    q, k, v = (_zero_padding(t, segment_ids) for t in (q, k, v))
     qb = _pad_blocks(q, nb, block, 0)
     kb = _neighbourhood(_pad_blocks(k, nb, block, 0), radius)
     vb = _neighbourhood(_pad_blocks(v, nb, block, 0), radius)
     sq = _pad_blocks(segment_ids, nb, block, -1)
     sk = _neighbourhood(sq, radius)
     allowed = (sq[..., :, None] == sk[..., None, :]) & (sq[..., :, None] >= 0)
-    out = _masked_softmax_attend(qb, kb, vb, allowed, scale)  # [B, nb, block, H, D]
+    # Rematerialised in the backward pass: only q/k/v are kept, not the [B, nb, H, block, (2r+1)·block] logits.
+    attend = jax.checkpoint(lambda *a: _masked_softmax_attend(*a, scale))
+    out = attend(qb, kb, vb, allowed)  # [B, nb, block, H, D]
     return out.reshape(B, nb * block, H, D)[:, :L]
+
+
+def query_chunked_attention(q, k, v, q_segments=None, kv_segments=None, chunk_size=256, scale=None):
+    """`dense_attention`, computed `chunk_size` queries at a time.
+
+    q [B, Lq, H, D], k/v [B, Lk, H, D], optional segment ids as in `dense_attention`. Each chunk
+    is rematerialised in the backward pass, so peak memory is O(chunk·Lk) logits instead of
+    O(Lq·Lk) (per-sample full attention at L ≈ 20K; cross-attention to 1374 image tokens).
+    """
+    B, Lq, H, D = q.shape
+    if Lq <= chunk_size:
+        return dense_attention(q, k, v, q_segments, kv_segments, scale)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    n = -(-Lq // chunk_size)
+    if q_segments is None:  # padded query rows of the last chunk are sliced off below
+        q_segments = jnp.zeros((B, Lq), jnp.int32)
+        kv_segments = jnp.zeros(k.shape[:2], jnp.int32) if kv_segments is None else kv_segments
+        kv_segments = jnp.where(kv_segments >= 0, 0, -1)
+    kv_segments = q_segments if kv_segments is None else kv_segments
+    q, k, v, _ = _apply_segments(q, k, v, q_segments, kv_segments)
+    qc = jnp.moveaxis(_pad_blocks(q, n, chunk_size, 0), 1, 0)  # [n, B, chunk, H, D]
+    sc = jnp.moveaxis(_pad_blocks(q_segments, n, chunk_size, -1), 1, 0)  # [n, B, chunk]
+
+    @jax.checkpoint
+    def one_chunk(args):
+        q_i, s_i = args
+        allowed = (s_i[:, :, None] == kv_segments[:, None, :]) & (s_i[:, :, None] >= 0)
+        return _masked_softmax_attend(q_i, k, v, allowed, scale)
+
+    out = jax.lax.map(one_chunk, (qc, sc))  # [n, B, chunk, H, D]
+    return jnp.moveaxis(out, 0, 1).reshape(B, n * chunk_size, H, D)[:, :Lq]
 
 
 def _take_rows(x, index):
@@ -153,13 +208,14 @@ def _take_rows(x, index):
 
 
 def sparse_self_attention(q, k, v, layout: AttentionLayout, *, impl: str = "xla", block_size: int = 256):
-    """Self-attention of padded voxel tokens q/k/v [B, L, H, D] grouped by `layout`.
+    """Self-attention of padded voxel tokens q/k/v [B, L, H, D] grouped by `layout` -> [B, L, H, D].
 
-    Padding rows (segment -1) neither attend nor are attended to; their output is 0.
+    Padding rows (segment -1) neither attend nor are attended to; their output is 0. In the XLA
+    path `block_size` is the query chunk of full attention and the block of window attention.
     """
     if impl == "xla":
         if layout.kind == "full":
-            return dense_attention(q, k, v, layout.segment_ids, layout.segment_ids)
+            return query_chunked_attention(q, k, v, layout.segment_ids, layout.segment_ids, block_size)
         qs, ks, vs = (_take_rows(t, layout.perm) for t in (q, k, v))
         out = blocked_segment_attention(qs, ks, vs, layout.segment_ids, layout.max_group, block_size)
         return _take_rows(out, layout.inv_perm)
@@ -174,6 +230,8 @@ def sparse_self_attention(q, k, v, layout: AttentionLayout, *, impl: str = "xla"
     raise ValueError(f"unknown attention impl {impl!r} (expected 'xla' or 'pallas')")
 
 
-def cross_attention(q, k, v):
-    """Voxel queries q [B, L, H, D] attend to that sample's dense condition k/v [B, Lc, H, D]."""
-    return dense_attention(q, k, v)
+def cross_attention(q, k, v, chunk_size: int = 1024):
+    """Voxel queries q [B, L, H, D] attend to that sample's dense condition k/v [B, Lc, H, D]
+    -> [B, L, H, D], `chunk_size` queries at a time. Padding queries get an ordinary (finite)
+    output; mask it where the invariant needs zero padding rows."""
+    return query_chunked_attention(q, k, v, chunk_size=chunk_size)

@@ -37,7 +37,8 @@ def group_norm(
     if C % num_groups:
         raise ValueError(f"{C} channels are not divisible into {num_groups} groups")
     dtype = feats.dtype
-    x = feats.astype(jnp.float32).reshape(B, L, num_groups, C // num_groups)
+    # Padding rows are zeroed first, not just weighted by 0: 0·NaN would still be NaN.
+    x = masked(feats.astype(jnp.float32), mask).reshape(B, L, num_groups, C // num_groups)
     w = mask.astype(jnp.float32)[:, :, None, None]
     n = jnp.maximum(jnp.sum(w, axis=(1, 3), keepdims=True) * (C // num_groups), 1.0)
     mean = jnp.sum(x * w, axis=(1, 3), keepdims=True) / n

@@ -104,6 +104,15 @@ class SparseTensor:
         counts = np.bincount(batch_index, minlength=batch_size)
         if len(counts) > batch_size:
             raise ValueError(f"packed coords hold batch index {len(counts) - 1} >= batch_size {batch_size}")
+        if len(xyz):
+            keys = ((batch_index * resolution + xyz[:, 0]) * resolution + xyz[:, 1]) * resolution + xyz[:, 2]
+            uniq, first, dup_count = np.unique(keys, return_index=True, return_counts=True)
+            if np.any(dup_count > 1):
+                row = int(first[np.argmax(dup_count > 1)])
+                raise ValueError(
+                    f"sample {int(batch_index[row])} lists voxel {xyz[row].tolist()} more than once "
+                    "(a voxel set holds each voxel at most once)"
+                )
         over = np.nonzero(counts > capacity)[0]
         if len(over):
             b = int(over[0])
@@ -131,11 +140,13 @@ class SparseTensor:
         capacity: int,
         resolution: int = 64,
     ) -> "SparseTensor":
-        """Build from per-sample lists: coords[b] int [n_b, 3], feats[b] [n_b, C]."""
+        """Build from per-sample lists: coords[b] int [n_b, 3], feats[b] [n_b, C] (n_b may be 0)."""
         if len(coords) != len(feats):
             raise ValueError(f"{len(coords)} coordinate sets but {len(feats)} feature sets")
+        if not len(coords):
+            raise ValueError("from_samples needs at least one sample")
         packed_coords = [
-            np.concatenate([np.full((len(c), 1), b, np.int32), np.asarray(c, np.int32)], axis=1)
+            np.concatenate([np.full((len(c), 1), b, np.int32), np.asarray(c, np.int32).reshape(-1, 3)], axis=1)
             for b, c in enumerate(coords)
         ]
         return cls.from_packed(
