@@ -32,6 +32,27 @@ def _np2_shim():
         np.infty = np.inf
 
 
+def _pyopengl_310_shim(pyrender):
+    """PyOpenGL 3.1.0 (pinned by pyrender) cannot run `glGenTextures(1)` on Python 3.12 (no array
+    handler for its by-reference output), so textured meshes fail to upload. Give pyrender's texture
+    module a glGenTextures that passes a ctypes array to the raw entry point instead."""
+    import OpenGL
+    import pyrender.texture as texture
+
+    if OpenGL.__version__ != "3.1.0" or getattr(texture, "_trellis_jax_patched", False):
+        return
+    from OpenGL import GL
+    from OpenGL.raw.GL.VERSION.GL_1_1 import glGenTextures as raw_gen_textures
+
+    def gen_textures(n):
+        ids = (GL.GLuint * n)()
+        raw_gen_textures(n, ids)
+        return ids[0] if n == 1 else list(ids)
+
+    texture.glGenTextures = gen_textures
+    texture._trellis_jax_patched = True
+
+
 def select_gl_platform() -> str:
     """Set PYOPENGL_PLATFORM before OpenGL is imported: keep the user's choice, else EGL if a probe
     context opens in a subprocess, else OSMesa. Child processes inherit the choice."""
@@ -55,6 +76,8 @@ class Renderer:
         select_gl_platform()
         _np2_shim()
         import pyrender  # imported late: needs PYOPENGL_PLATFORM
+
+        _pyopengl_310_shim(pyrender)
 
         self._pyrender = pyrender
         self.resolution = int(resolution)
