@@ -49,7 +49,7 @@ def sphere_hammersley(i: int, n: int, offset: tuple[float, float]) -> tuple[floa
 def hammersley_directions(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """yaw [n], pitch [n] for n views with one random offset per asset (as the reference)."""
     offset = (rng.random(), rng.random())
-    yp = np.array([sphere_hammersley(i, n, offset) for i in range(n)], dtype=np.float64)
+    yp = np.array([sphere_hammersley(i, n, offset) for i in range(n)], dtype=np.float64).reshape(n, 2)
     return yp[:, 0], yp[:, 1]
 
 

@@ -72,7 +72,7 @@ class AssetProcessor:
         asset = self._timed("ingest", ingest, path, entry.get("up"))
         rng = asset_rng(cfg.seed, entry["id"])
         views = cameras.render_views(cfg.num_views, rng)
-        cond = cameras.cond_views(cfg.num_cond_views, rng)
+        cond = cameras.cond_views(max(cfg.num_cond_views, 0), rng)
         rendered = self._timed("render", render_asset, self.renderer(cfg.resolution), asset, views)
         cond_rendered = (self._timed("render", render_asset, self.renderer(cfg.cond_resolution), asset, cond)
                          if cfg.num_cond_views > 0 else None)
