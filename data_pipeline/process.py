@@ -15,7 +15,7 @@ import numpy as np
 from data_pipeline import cameras, schema
 from data_pipeline.ingest import AssetError, ingest
 
-STAGES = ("ingest", "render", "voxelize", "features", "encode_record")
+STAGES = ("ingest", "render", "render_cond", "voxelize", "features", "encode_record")
 
 
 def asset_rng(seed: int, asset_id: str) -> np.random.Generator:
@@ -74,7 +74,7 @@ class AssetProcessor:
         views = cameras.render_views(cfg.num_views, rng)
         cond = cameras.cond_views(max(cfg.num_cond_views, 0), rng)
         rendered = self._timed("render", render_asset, self.renderer(cfg.resolution), asset, views)
-        cond_rendered = (self._timed("render", render_asset, self.renderer(cfg.cond_resolution), asset, cond)
+        cond_rendered = (self._timed("render_cond", render_asset, self.renderer(cfg.cond_resolution), asset, cond)
                          if cfg.num_cond_views > 0 else None)
         vertices, faces = asset.geometry()
         coords = self._timed("voxelize", voxelize, vertices, faces, cfg.voxel_resolution)

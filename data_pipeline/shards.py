@@ -188,3 +188,27 @@ def read_dataset(root: str, fields: tuple[str, ...] | None = None):
     """Yield (meta, arrays) over all committed shards of a dataset, in shard order."""
     for path in list_shards(root):
         yield from read_shard(path, fields)
+
+
+def main(argv=None):
+    """python -m data_pipeline.shards DIR [--verify]: list committed shards; --verify decodes every record."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("root")
+    p.add_argument("--verify", action="store_true")
+    args = p.parse_args(argv)
+    total = 0
+    for path in list_shards(args.root):
+        reader, n = open_reader(path)
+        _close_quietly(reader)
+        if args.verify:
+            for meta, arrays in read_shard(path):
+                pass
+        total += n
+        print(f"{path}: {n} records")
+    print(f"{total} records in {len(list_shards(args.root))} shards" + (" (all decoded)" if args.verify else ""))
+
+
+if __name__ == "__main__":
+    main()
