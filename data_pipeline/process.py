@@ -28,7 +28,7 @@ class AssetProcessor:
     def __init__(self, cfg, encoder=None):
         self.cfg = cfg
         self._encoder = encoder
-        self._renderers = {}
+        self._renderer = None
         self.timings = collections.defaultdict(float)
         self.stage = None  # stage running (or that failed) for the current asset
 
@@ -42,16 +42,18 @@ class AssetProcessor:
         return self._encoder
 
     def renderer(self, resolution: int):
-        if resolution not in self._renderers:
+        """The process's one offscreen renderer, set to `resolution`."""
+        if self._renderer is None:
             from data_pipeline.render import Renderer
 
-            self._renderers[resolution] = Renderer(resolution)
-        return self._renderers[resolution]
+            self._renderer = Renderer(resolution)
+        self._renderer.resolution = resolution
+        return self._renderer
 
     def close(self):
-        for r in self._renderers.values():
-            r.close()
-        self._renderers = {}
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
 
     def _timed(self, stage, fn, *args, **kwargs):
         self.stage = stage

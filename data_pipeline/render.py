@@ -70,7 +70,10 @@ def select_gl_platform() -> str:
 
 
 class Renderer:
-    """A reusable offscreen renderer for square images of one resolution."""
+    """A reusable offscreen renderer for square images; `resolution` may be changed between calls.
+
+    Use one per process: pyrender's EGL contexts share the default display, and deleting one
+    renderer terminates it for the others."""
 
     def __init__(self, resolution: int):
         select_gl_platform()
@@ -80,12 +83,24 @@ class Renderer:
         _pyopengl_310_shim(pyrender)
 
         self._pyrender = pyrender
-        self.resolution = int(resolution)
-        self._renderer = pyrender.OffscreenRenderer(self.resolution, self.resolution)
+        self._resolution = int(resolution)
+        self._renderer = pyrender.OffscreenRenderer(self._resolution, self._resolution)
+
+    @property
+    def resolution(self) -> int:
+        return self._resolution
+
+    @resolution.setter
+    def resolution(self, value: int):
+        self._resolution = int(value)
+        self._renderer.viewport_width = self._renderer.viewport_height = self._resolution
 
     def close(self):
         if self._renderer is not None:
-            self._renderer.delete()
+            try:
+                self._renderer.delete()
+            except Exception:  # the GL display may already be gone at interpreter exit
+                pass
             self._renderer = None
 
     def __enter__(self):
