@@ -1,0 +1,1 @@
+"""Exporters: 3DGS PLY for Gaussians, PLY/GLB for voxel structures, PNG previews."""

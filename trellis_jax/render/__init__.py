@@ -1,0 +1,1 @@
+"""Pure-JAX differentiable renderers (previews now; decoder training later)."""
