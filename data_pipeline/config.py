@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.encoder_weights = ml_collections.FieldReference(None, field_type=str)  # HF-format DINOv2 dir
     c.encoder_image_size = 518
     c.batch_views = 8  # views per jitted encoder step
-    c.voxel_bucket = 1024  # voxel sets padded to a multiple of this (bounds recompiles)
+    c.voxel_bucket = 1024  # voxel sets padded to a power of two >= this (bounds recompiles)
     c.shard_size = 32  # assets per ArrayRecord shard (a crash redoes at most one shard)
     c.seed = 0  # camera randomness: per asset from (seed, id)
     return c

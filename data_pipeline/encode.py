@@ -96,7 +96,7 @@ def encode_dataset(in_dir: str, out_dir: str, ss_encode, slat_encode, *, voxel_b
                 res = int(meta.get("resolution", 64))
                 ss = np.asarray(ss_encode(occupancy(coords, res)[None]))[0].astype(np.float32)
                 L = len(coords)
-                cap = max(voxel_bucket, -(-L // voxel_bucket) * voxel_bucket)
+                cap = max(voxel_bucket, 1 << max(L - 1, 0).bit_length())  # power-of-two buckets
                 st = SparseTensor.from_samples([coords], [feats.astype(np.float32)], capacity=cap, resolution=res)
                 slat = np.asarray(slat_encode(st))[0, :L].astype(np.float32)
                 if not (np.all(np.isfinite(ss)) and np.all(np.isfinite(slat))):

@@ -8,7 +8,7 @@ over all views (no visibility test) is stored as float16 [L, C].
 
 Here one jitted step encodes a fixed-size batch of views and adds their samples to a running sum, so
 compiled shapes depend only on (views per batch, voxel capacity bucket); voxel sets are padded to a
-bucket (multiple of `voxel_bucket`) to keep the number of compiles small.
+power-of-two bucket (at least `voxel_bucket`), so a process compiles at most ~log2(32768/1024)+1 shapes.
 
 The image encoder is any `ImageEncoder`: `patch_tokens(params, images [N, S, S, 3] in [0,1]) ->
 [N, G, G, C]`. `make_image_encoder('tiny' | 'dinov2_vitl14_reg', ...)` builds one from
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import jax
@@ -81,15 +82,21 @@ def make_image_encoder(name: str = "tiny", weights: str | None = None, *, image_
     return ImageEncoder(name, fn, params, cfg.image_size, cfg.grid, cfg.hidden_size)
 
 
-def preprocess_views(images: np.ndarray, size: int) -> np.ndarray:
+def preprocess_views(images: np.ndarray, size: int, threads: int = 8) -> np.ndarray:
     """RGBA uint8 [V, R, R, 4] -> alpha-premultiplied RGB float32 [V, size, size, 3] in [0, 1]
-    (LANCZOS resize of the straight-alpha RGBA image, as the reference)."""
+    (LANCZOS resize of the straight-alpha RGBA image, as the reference). PIL releases the GIL while
+    resizing, so views are prepared on a thread pool."""
     out = np.empty((len(images), size, size, 3), np.float32)
-    for i, img in enumerate(images):
+
+    def one(i):
+        img = images[i]
         if img.shape[0] != size:
             img = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.LANCZOS))
-        x = img.astype(np.float32) / 255.0
-        out[i] = x[..., :3] * x[..., 3:4]
+        x = img.astype(np.float32) * (1.0 / 255.0)
+        np.multiply(x[..., :3], x[..., 3:4], out=out[i])
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(one, range(len(images))))
     return out
 
 
@@ -138,7 +145,7 @@ def voxel_features(encoder: ImageEncoder, images: np.ndarray, extrinsics: np.nda
         raise ValueError("voxel_features: no views")
     pixels = preprocess_views(images, encoder.image_size)
     L = len(indices)
-    cap = max(voxel_bucket, -(-L // voxel_bucket) * voxel_bucket)
+    cap = max(voxel_bucket, 1 << max(L - 1, 0).bit_length())  # power-of-two buckets: few compiles
     points = np.zeros((cap, 3), np.float32)
     points[:L] = voxel_centres(indices, resolution)
     acc = jnp.zeros((cap, encoder.channels), jnp.float32)

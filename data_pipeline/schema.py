@@ -117,15 +117,20 @@ def decode(buf: bytes, *, fields: tuple[str, ...] | None = None) -> tuple[dict[s
 
 
 # ---------------------------------------------------------------------------- image packing
-def pack_pngs(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """RGBA uint8 [V, H, W, 4] -> (PNG bytes uint8 [B], offsets int64 [V + 1])."""
+def pack_pngs(images: np.ndarray, threads: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """RGBA uint8 [V, H, W, 4] -> (PNG bytes uint8 [B], offsets int64 [V + 1]). zlib releases the
+    GIL, so images are encoded on a thread pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from PIL import Image
 
-    blobs = []
-    for img in images:
+    def one(img):
         f = io.BytesIO()
         Image.fromarray(np.asarray(img)).save(f, format="PNG", compress_level=1)
-        blobs.append(np.frombuffer(f.getvalue(), np.uint8))
+        return np.frombuffer(f.getvalue(), np.uint8)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        blobs = list(pool.map(one, images))
     offsets = np.zeros(len(blobs) + 1, np.int64)
     offsets[1:] = np.cumsum([len(b) for b in blobs])
     data = np.concatenate(blobs) if blobs else np.zeros(0, np.uint8)

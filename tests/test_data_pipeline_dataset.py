@@ -272,3 +272,17 @@ def test_loader_state_in_orbax_checkpoint(encoded, tmp_path):
     it2 = iter(loaders.make_loader(encoded, "ss_flow", **kw))
     mngr.restore(1, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(it2)))
     np.testing.assert_array_equal(next(it2)["ss_latent"], want)
+
+
+def test_manifest_csv_and_config_overrides(tmp_path):
+    (tmp_path / "m.csv").write_text('id,path,captions\na,meshes/a.ply,"a red box|a box"\nb,/abs/b.glb,"[""x"", ""y""]"\n')
+    entries = config.read_manifest(str(tmp_path / "m.csv"))
+    assert entries[0] == {"id": "a", "path": str(tmp_path / "meshes/a.ply"), "captions": ["a red box", "a box"]}
+    assert entries[1]["path"] == "/abs/b.glb" and entries[1]["captions"] == ["x", "y"]
+    (tmp_path / "dup.json").write_text(json.dumps([{"id": "a", "path": "x.ply"}, {"id": "a", "path": "y.ply"}]))
+    with pytest.raises(ValueError, match="duplicate asset id 'a'"):
+        config.read_manifest(str(tmp_path / "dup.json"))
+    cfg = config.load_config(SMALL, ["num_views=3", "encoder=tiny"])
+    assert cfg.num_views == 3 and cfg.encoder == "tiny"
+    with pytest.raises(KeyError, match="unknown config key 'num_view'"):
+        config.load_config(None, ["num_view=3"])
