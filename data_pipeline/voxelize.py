@@ -59,6 +59,10 @@ def voxelize(vertices: np.ndarray, faces: np.ndarray, resolution: int = 64) -> n
     tri = grid[np.asarray(faces, np.int64)]  # [F, 3, 3]
     lo, hi = _candidate_ranges(tri, resolution)
     counts = np.prod(hi - lo + 1, axis=1)
+    # Triangle planes: the cheap test that rejects most candidates of large triangles.
+    normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    plane_d = np.einsum("fc,fc->f", normal, tri[:, 0])
+    plane_r = 0.5 * np.abs(normal).sum(-1)
     occupied = np.zeros((resolution,) * 3, bool)
     # Triangles in consecutive groups of about _PAIR_CHUNK candidate pairs each.
     group = np.cumsum(counts) // _PAIR_CHUNK
@@ -73,6 +77,10 @@ def voxelize(vertices: np.ndarray, faces: np.ndarray, resolution: int = 64) -> n
         iy = (local // size[:, 0]) % size[:, 1]
         iz = local // (size[:, 0] * size[:, 1])
         idx = lo[tri_idx] + np.stack([ix, iy, iz], axis=1)
+        # Conservative (rounding slack): the exact test below decides ties, as Open3D's does.
+        slack = 1e-6 * (plane_r[tri_idx] + np.abs(plane_d[tri_idx]))
+        near = np.abs(np.einsum("pc,pc->p", normal[tri_idx], idx + 0.5) - plane_d[tri_idx]) <= plane_r[tri_idx] + slack
+        idx, tri_idx = idx[near], tri_idx[near]
         hit = _sat_overlap(tri[tri_idx], idx + 0.5, 0.5)
         occupied[tuple(idx[hit].T)] = True
     return np.argwhere(occupied)
