@@ -1,0 +1,1 @@
+"""TRELLIS networks as Flax linen modules (one file per network)."""

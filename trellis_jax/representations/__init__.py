@@ -1,0 +1,1 @@
+"""3D representations decoded from SLAT (batched, padded, static shapes)."""
