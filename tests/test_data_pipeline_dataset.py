@@ -286,3 +286,31 @@ def test_manifest_csv_and_config_overrides(tmp_path):
     assert cfg.num_views == 3 and cfg.encoder == "tiny"
     with pytest.raises(KeyError, match="unknown config key 'num_view'"):
         config.load_config(None, ["num_view=3"])
+
+
+def test_encoders_from_project_modules():
+    """The encode stage's adapter drives the project's SS and SLat VAE encoders (tiny, random init)."""
+    import jax
+    import jax.numpy as jnp
+    from flax.linen import meta
+
+    from data_pipeline.encode import encoders_from_modules
+    from trellis_jax.models.slat_encoder import SLatEncoder
+    from trellis_jax.models.ss_vae import SparseStructureEncoder
+    from trellis_jax.sparse import SparseTensor
+
+    ss = SparseStructureEncoder(in_channels=1, latent_channels=8, num_res_blocks=1, channels=[4, 4, 4],
+                                num_res_blocks_middle=1)
+    occ = jnp.zeros((1, 64, 64, 64, 1)).at[0, 20:40, 20:40, 30].set(1.0)
+    ss_params = meta.unbox(ss.init(jax.random.PRNGKey(0), occ[:, :16, :16, :16]))  # conv params: size-free
+    slat = SLatEncoder(resolution=64, in_channels=16, model_channels=64, latent_channels=8, num_blocks=1)
+    rng = np.random.default_rng(0)
+    coords = np.unique(rng.integers(0, 64, (100, 3)), axis=0)
+    st = SparseTensor.from_samples([coords], [rng.normal(size=(len(coords), 16)).astype(np.float32)], capacity=128)
+    slat_params = meta.unbox(slat.init(jax.random.PRNGKey(1), st))
+    ss_fn, slat_fn = encoders_from_modules(ss, ss_params, slat, slat_params)
+    z = ss_fn(occ)
+    assert z.shape == (1, 16, 16, 16, 8) and np.all(np.isfinite(np.asarray(z)))
+    f = slat_fn(st)
+    assert f.shape == (1, 128, 8) and np.all(np.isfinite(np.asarray(f)[0, : len(coords)]))
+    assert not np.any(np.asarray(f)[0, len(coords):])  # padding rows stay zero
