@@ -138,7 +138,7 @@ def run(cfg) -> dict:
         kl = kl_divergence(mean, logvar)
         return dice + 1e-3 * kl, {"dice": dice, "kl": kl}
 
-    ss_params, summary["ss_vae"] = fit("ss_vae", ss_vae_loss, ss_params, loader("ss_vae"), cfg.steps.ss_vae, cfg.lr, cfg.seed, out / "logs")
+    ss_params, summary["ss_vae"] = fit("ss_vae", ss_vae_loss, ss_params, loader("ss_vae", bs=cfg.ss_vae_batch_size), cfg.steps.ss_vae, cfg.lr, cfg.seed, out / "logs")
 
     # 2b. SLat VAE (encoder + Gaussian decoder, trained by rendering) -------------------------
     slat_enc = build_model("SLatEncoder", M.slat_enc.to_dict())
