@@ -116,8 +116,8 @@ def _probs_and_dlogits(q, k, v, do, lse, delta, q_seg, k_seg, scale):
 
 
 def _tdot(a, b):
-    """a [n, x]ᵀ @ b [n, y] -> [x, y] f32."""
-    return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    """a [n, x]ᵀ @ b [n, y] -> [x, y] f32 (an explicit transpose, the form Mosaic and Triton both take)."""
+    return jnp.dot(a.T, b, preferred_element_type=jnp.float32)
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -440,8 +440,8 @@ def block_sparse_attention(q, k, v, segment_ids, *, max_group: int, block_q: int
     `dense_attention` with these segments. Differentiable (flash backward kernels).
 
     block_q / block_k: powers of two (≥ 8; TPU needs multiples of 128 for block_k and 8 for
-    block_q unless the block covers the whole padded sequence; blocks shrink to the padded length
-    for short inputs). interpret: None = on CPU only. target: 'tpu' | 'gpu' grid formulation,
+    block_q unless the block covers the whole padded sequence, Triton ≥ 16; blocks shrink to
+    max(16, next power of two ≥ L) for short inputs). interpret: None = on CPU only. target: 'tpu' | 'gpu' grid formulation,
     None = `default_target()`. The head dim is zero-padded to a power of two (≥ 16) for Triton.
     """
     B, L, H, D = q.shape
@@ -460,7 +460,7 @@ def block_sparse_attention(q, k, v, segment_ids, *, max_group: int, block_q: int
     interpret = jax.default_backend() == "cpu" if interpret is None else bool(interpret)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
 
-    short = max(8, _next_pow2(L))
+    short = max(16, _next_pow2(L))
     bq, bk = min(block_q, short), min(block_k, short)
     Lp = -(-L // max(bq, bk)) * max(bq, bk)
     Dp = D if target == "tpu" else max(16, _next_pow2(D))
