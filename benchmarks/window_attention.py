@@ -1,11 +1,12 @@
 """3D window attention (XLA blocked path) vs dense masked attention on surface-like voxel sets.
 
-    python benchmarks/window_attention.py [--lengths 4096 8192 16384 32768] [--runs 3]
+    python benchmarks/window_attention.py [--lengths 4096 8192 16384 32768] [--runs 5]
 
 One sample, C = 768 (12 heads × 64), window 8, fp32, forward only, all jitted; best of `--runs`
-after a warm-up (wall, plus this process's CPU time
-as a contention check: the machine is shared). Voxel sets are surface-like: the faces of a box shell and nested sphere shells on
-a 64³ grid (one-voxel-thick surfaces, as SLat's active voxels are), the first L distinct voxels.
+after a warm-up, in wall ms with this process's CPU ms beside it (a contention check: the machine
+is shared, and other jobs only ever add wall time). Voxel sets are surface-like: the faces of a
+box shell, then nested sphere shells, on a 64³ grid (one voxel thick, as SLat's active voxels
+are); the first L distinct voxels.
 
   window  `sparse_self_attention(q, k, v, window_layout(...))` (sort by window, blocked attention
           over each block's neighbourhood: O(L·window); the layout's gathers included)
