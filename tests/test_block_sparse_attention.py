@@ -179,3 +179,32 @@ def test_bad_arguments_raise():
         block_sparse_attention(q, q, q, seg[:, :8], max_group=16)
     with pytest.raises(ValueError, match="target"):
         block_sparse_attention(q, q, q, seg, max_group=16, target="cpu")
+
+
+def _export_fwd_bwd(platform, target, head_dim=80):
+    """Lower forward + backward for `platform` from this CPU host (Pallas -> Mosaic / Triton IR; the
+    backend's own compile, Mosaic layout passes or Triton -> PTX, needs the device and is not run)."""
+    def loss_grads(q, k, v):
+        seg = jnp.asarray(np.repeat(np.arange(4), 128)[None], jnp.int32)
+        fn = lambda *a: jnp.sum(block_sparse_attention(*a, seg, max_group=512, target=target, interpret=False) ** 2)
+        return jax.grad(fn, argnums=(0, 1, 2))(q, k, v)
+
+    x = jax.ShapeDtypeStruct((1, 512, H, head_dim), jnp.bfloat16)
+    checks = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")] if platform == "cuda" else []
+    exported = jax.export.export(jax.jit(loss_grads), platforms=[platform], disabled_checks=checks)(x, x, x)
+    return exported.mlir_module()
+
+
+def test_lowers_for_tpu_mosaic():
+    text = _export_fwd_bwd("tpu", "tpu")
+    assert text.count("tpu_custom_call") == 3  # forward, dq, dk/dv
+
+
+def test_lowers_for_gpu_triton():
+    if not hasattr(jax.sharding, "AbstractDevice"):  # pragma: no cover - older jax
+        pytest.skip("no abstract GPU device in this jax")
+    device = jax.sharding.AbstractDevice(device_kind="NVIDIA H100", num_cores=None, platform="gpu")
+    mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)
+    with jax.sharding.use_abstract_mesh(mesh):
+        text = _export_fwd_bwd("cuda", "gpu")
+    assert text.count("xla.gpu.triton") == 3
