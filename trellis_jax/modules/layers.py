@@ -60,6 +60,8 @@ class RMSNormPerHead(nn.Module):
         h, d = x.shape[-2:]
         gamma = self.param("gamma", nn.with_logical_partitioning(nn.initializers.ones, ("norm", None)), (h, d), jnp.float32)
         x32 = x.astype(jnp.float32)
-        norm = jnp.sqrt(jnp.sum(jnp.square(x32), axis=-1, keepdims=True))
-        y = x32 / jnp.maximum(norm, 1e-12) * gamma * jnp.sqrt(jnp.float32(d))
+        # x / max(||x||, 1e-12), written so that an all-zero row (e.g. padding) has finite gradients:
+        # d sqrt(s)/ds is infinite at s = 0, so clamp the squared norm before the root.
+        inv_norm = jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x32), axis=-1, keepdims=True), 1e-24))
+        y = x32 * inv_norm * gamma * jnp.sqrt(jnp.float32(d))
         return y.astype(x.dtype)

@@ -1,0 +1,125 @@
+"""Driver: every stage over a manifest, into crash-safe ArrayRecord shards.
+
+    python -m data_pipeline.build --manifest M.json --out DIR [--config CFG.py] [--set key=value ...]
+                                  [--retry-failures] [--limit N]
+
+Output directory:
+    DIR/shards/data-NNNNN.arrayrecord (+ .ids.json)   records, schema in data_pipeline/schema.py
+    DIR/failures.jsonl                                one JSON line per bad asset: id, path, stage, reason
+    DIR/dataset.json                                  schema version and the config used
+
+Restart semantics: assets in committed shards and assets listed in failures.jsonl are skipped; the
+shard that was open when a run died is discarded and its assets are redone, so after any sequence of
+crashes and restarts every asset is in the final shards exactly once (or in failures.jsonl).
+`--retry-failures` gives failed assets another try.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from tqdm import tqdm
+
+from data_pipeline import config as config_lib
+from data_pipeline import schema, shards
+from data_pipeline.ingest import AssetError
+
+FAILURES = "failures.jsonl"
+MAX_CONSECUTIVE_UNEXPECTED = 20
+
+
+def read_failures(root: str) -> dict[str, dict]:
+    path = os.path.join(root, FAILURES)
+    out = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError:  # a line cut by a crash
+                    continue
+                out[row["id"]] = row
+    return out
+
+
+def _append_failure(root: str, row: dict):
+    with open(os.path.join(root, FAILURES), "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def build(manifest: list[dict], out: str, cfg, *, retry_failures: bool = False, progress: bool = True,
+          processor=None, log=print) -> dict:
+    """Process every manifest entry not yet done; returns a summary dict (counts, timings, rate)."""
+    from data_pipeline.process import AssetProcessor
+
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "dataset.json"), "w") as f:
+        json.dump({"schema_version": schema.SCHEMA_VERSION, "config": cfg.to_dict()}, f, indent=1)
+    failures = read_failures(out)
+    if retry_failures and failures:
+        os.replace(os.path.join(out, FAILURES), os.path.join(out, FAILURES + ".previous"))
+        failures = {}
+    writer = shards.ShardWriter(out, "data", cfg.shard_size)  # recovers from an interrupted run
+    done = shards.committed_ids(out)
+    todo = [e for e in manifest if e["id"] not in done and e["id"] not in failures]
+    log(f"build: {len(manifest)} assets in manifest, {len(done)} done, {len(failures)} failed before, "
+        f"{len(todo)} to process")
+    proc = processor or AssetProcessor(cfg)
+    n_ok = n_fail = unexpected_streak = 0
+    t0 = time.perf_counter()
+    try:
+        for entry in tqdm(todo, desc="assets", unit="asset", disable=not progress, file=sys.stderr):
+            proc.stage = None
+            try:
+                record = proc.process(entry)
+            except Exception as e:  # one bad asset must not stop the run
+                expected = isinstance(e, AssetError)
+                unexpected_streak = 0 if expected else unexpected_streak + 1
+                _append_failure(out, {"id": entry["id"], "path": entry["path"], "stage": proc.stage,
+                                      "reason": str(e) if expected else f"{type(e).__name__}: {e}"})
+                n_fail += 1
+                if unexpected_streak >= MAX_CONSECUTIVE_UNEXPECTED:
+                    raise RuntimeError(f"{unexpected_streak} assets in a row failed with unexpected errors "
+                                       f"(last: {type(e).__name__}: {e}); stopping, see {FAILURES}") from e
+                continue
+            unexpected_streak = 0
+            writer.add(entry["id"], record)
+            n_ok += 1
+        writer.close()
+    finally:
+        if processor is None:
+            proc.close()
+    elapsed = time.perf_counter() - t0
+    rate = 60.0 * (n_ok + n_fail) / elapsed if elapsed > 0 else 0.0
+    summary = {"processed": n_ok, "failed": n_fail, "skipped": len(manifest) - len(todo), "seconds": elapsed,
+               "assets_per_min": rate, "stage_seconds": dict(proc.timings)}
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in proc.timings.items())
+    log(f"build: {n_ok} written, {n_fail} failed in {elapsed:.1f}s -> {rate:.2f} assets/min ({stages})")
+    return summary
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", required=True, help="JSON or CSV manifest (see data_pipeline.config)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--config", default=None, help="python file with get_config() (default: reference settings)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("--retry-failures", action="store_true")
+    p.add_argument("--limit", type=int, default=None, help="only the first N manifest entries")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    cfg = config_lib.load_config(args.config, args.set)
+    manifest = config_lib.read_manifest(args.manifest)[: args.limit]
+    build(manifest, args.out, cfg, retry_failures=args.retry_failures, progress=not args.no_progress)
+
+
+if __name__ == "__main__":
+    main()

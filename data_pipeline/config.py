@@ -1,0 +1,110 @@
+"""Data-pipeline configuration (ml_collections) and manifest reading.
+
+`get_config()` gives the reference settings (150 views at 512^2, 24 condition views at 1024^2, 64^3
+voxels, DINOv2 ViT-L/14-reg features). `load_config(path, overrides)` reads any python file with a
+`get_config()` (e.g. experiments/data_pipeline_small.py) and applies `key=value` overrides.
+
+Manifest: JSON (a list of entries, or {"assets": [...]}) or CSV with a header. Each entry has
+`id` (unique), `path` (mesh file), optional `captions` (list of strings; in CSV a JSON list or a
+'|'-separated string) and optional `up` ('y' or 'z'; default by file format, see ingest).
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.num_views = 150  # VAE-supervision / feature views (Hammersley, r=2, FoV 40)
+    c.resolution = 512
+    c.num_cond_views = 24  # condition views (random radius/FoV)
+    c.cond_resolution = 1024
+    c.store_views = -1  # rendered views kept in the record as PNG (-1 all, 0 none)
+    c.store_cond_views = -1
+    c.voxel_resolution = 64
+    c.encoder = "dinov2_vitl14_reg"  # or 'tiny' (random 1-layer stand-in)
+    c.encoder_weights = ml_collections.FieldReference(None, field_type=str)  # HF-format DINOv2 dir
+    c.encoder_image_size = 518
+    c.batch_views = 8  # views per jitted encoder step
+    c.voxel_bucket = 1024  # voxel sets padded to a power of two >= this (bounds recompiles)
+    c.shard_size = 32  # assets per ArrayRecord shard (a crash redoes at most one shard)
+    c.seed = 0  # camera randomness: per asset from (seed, id)
+    return c
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+    """Config from a python file's get_config() (default: this module's), then `key=value` overrides."""
+    if path is None:
+        cfg = get_config()
+    else:
+        spec = importlib.util.spec_from_file_location("_dp_config", path)
+        if spec is None:
+            raise FileNotFoundError(f"config file {path} not found")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        cfg = mod.get_config()
+    known = set(get_config().keys())
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not key=value")
+        if key not in cfg:
+            raise KeyError(f"unknown config key {key!r} (known: {sorted(known)})")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        cfg[key] = parsed
+    unknown = set(cfg.keys()) - known
+    if unknown:
+        raise KeyError(f"unknown config key(s) {sorted(unknown)} in {path} (known: {sorted(known)})")
+    return cfg
+
+
+def read_manifest(path: str) -> list[dict]:
+    """Manifest entries [{'id', 'path', 'captions', 'up'?}], paths resolved relative to the manifest."""
+    base = os.path.dirname(os.path.abspath(path))
+    if path.endswith(".csv"):
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:
+            caps = (row.get("captions") or "").strip()
+            if caps.startswith("["):
+                row["captions"] = json.loads(caps)
+            else:
+                row["captions"] = [c for c in caps.split("|") if c] if caps else []
+    else:
+        with open(path) as f:
+            data = json.load(f)
+        rows = data["assets"] if isinstance(data, dict) else data
+    entries, seen = [], set()
+    for i, row in enumerate(rows):
+        for key in ("id", "path"):
+            if not row.get(key):
+                raise ValueError(f"{path}: entry {i} has no {key!r}")
+        if row["id"] in seen:
+            raise ValueError(f"{path}: duplicate asset id {row['id']!r}")
+        seen.add(row["id"])
+        entry = {"id": str(row["id"]), "path": os.path.join(base, row["path"]),
+                 "captions": list(row.get("captions") or [])}
+        if row.get("up"):
+            entry["up"] = row["up"]
+        entries.append(entry)
+    return entries
+
+
+def write_manifest(path: str, entries: list[dict]):
+    """Write a JSON manifest (paths stored relative to the manifest's directory when possible)."""
+    base = os.path.dirname(os.path.abspath(path))
+    rows = []
+    for e in entries:
+        row = dict(e)
+        row["path"] = os.path.relpath(os.path.abspath(e["path"]), base)
+        rows.append(row)
+    with open(path, "w") as f:
+        json.dump({"assets": rows}, f, indent=1)

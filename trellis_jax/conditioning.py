@@ -1,0 +1,135 @@
+"""Condition encoders as used by the pipelines: image -> DINOv2 tokens, text -> CLIP tokens.
+
+`ImageConditioner` preprocesses images as the reference's `preprocess_image` (alpha bbox crop ×1.2,
+resize, alpha-premultiply; §6.1) and returns LayerNorm(x_prenorm) tokens; the negative condition is
+zeros. `TextConditioner` tokenizes (77 tokens) and returns CLIP's last hidden state; the negative
+condition is the encoding of "". Pretrained weights are read from local HF-format directories;
+without them a randomly initialised, frozen encoder of the requested architecture is used and
+`pretrained` is False — callers must say so (nothing falls back silently).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from trellis_jax.encoders.clip_text import CLIP_VIT_L14_TEXT, CLIPTextConfig, CLIPTextEncoder, text_condition
+from trellis_jax.encoders.dinov2 import VITL14_REG, DINOv2, DINOv2Config, image_condition
+
+TINY_DINOV2 = DINOv2Config(hidden_size=64, num_layers=1, num_heads=4, patch_size=14, image_size=70, num_register_tokens=4)
+TINY_CLIP = CLIPTextConfig(hidden_size=64, num_layers=1, num_heads=4, intermediate_size=128)
+
+
+def preprocess_image(image: Image.Image, size: int) -> np.ndarray:
+    """PIL image -> float32 [size, size, 3] in [0, 1], alpha-premultiplied, cropped around the object.
+
+    RGBA with a non-trivial alpha: square crop centred on the bbox of alpha > 0.8, side 1.2·max(w, h)
+    (may extend past the image; outside is transparent). RGB input has no background removal here
+    (the reference uses rembg, which needs a model download): the whole image is used as is.
+    """
+    img = image.convert("RGBA")
+    a = np.asarray(img)[..., 3]
+    if a.min() < 255:
+        ys, xs = np.nonzero(a > 0.8 * 255)
+        if len(xs) == 0:
+            raise ValueError("image alpha channel has no foreground (alpha > 0.8)")
+        cx, cy = (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2
+        side = int(1.2 * max(xs.max() - xs.min(), ys.max() - ys.min()))
+        box = (int(cx - side / 2), int(cy - side / 2), int(cx - side / 2) + side, int(cy - side / 2) + side)
+        img = img.crop(box)
+    img = img.resize((size, size), Image.LANCZOS)
+    rgba = np.asarray(img, np.float32) / 255.0
+    return rgba[..., :3] * rgba[..., 3:4]
+
+
+@dataclasses.dataclass
+class ImageConditioner:
+    model: DINOv2
+    params: Any
+    pretrained: bool
+    description: str
+
+    @property
+    def image_size(self) -> int:
+        return self.model.config.image_size
+
+    def encode_arrays(self, images: np.ndarray) -> jax.Array:
+        """[B, S, S, 3] preprocessed -> [B, T, C]."""
+        return jax.jit(lambda p, x: image_condition(self.model, p, x))(self.params, jnp.asarray(images))
+
+    def __call__(self, images: Sequence[Image.Image]) -> jax.Array:
+        return self.encode_arrays(np.stack([preprocess_image(im, self.image_size) for im in images]))
+
+    def negative(self, batch: int) -> jax.Array:
+        cfg = self.model.config
+        return jnp.zeros((batch, cfg.num_tokens, cfg.hidden_size), jnp.float32)
+
+
+@dataclasses.dataclass
+class TextConditioner:
+    model: CLIPTextEncoder
+    params: Any
+    tokenizer: Any
+    pretrained: bool
+    description: str
+
+    def __call__(self, texts: Sequence[str]) -> jax.Array:
+        return jax.jit(lambda p, ids: text_condition(self.model, p, ids))(self.params, jnp.asarray(self.tokenizer(list(texts))))
+
+    def negative(self, batch: int) -> jax.Array:
+        return jnp.repeat(self([""]), batch, axis=0)
+
+
+def _random_params(model, example, seed):
+    import flax.linen as nn
+
+    return nn.meta.unbox(model.init(jax.random.PRNGKey(seed), example))
+
+
+def load_image_conditioner(weights: str | Path | None = None, arch: str = "vitl14_reg", seed: int = 0) -> ImageConditioner:
+    """Pretrained DINOv2 from an HF-format dir, else a frozen random encoder of `arch` ('vitl14_reg' | 'tiny')."""
+    if weights:
+        from trellis_jax.encoders.hf_weights import load_dinov2
+
+        model, params = load_dinov2(weights)
+        return ImageConditioner(model, params, True, f"DINOv2 from {weights}")
+    cfg = {"vitl14_reg": VITL14_REG, "tiny": TINY_DINOV2}[arch]
+    model = DINOv2(cfg)
+    params = _random_params(model, jnp.zeros((1, cfg.image_size, cfg.image_size, 3)), seed)
+    return ImageConditioner(model, params, False, f"RANDOM frozen DINOv2 ({arch}, seed {seed}); no pretrained weights given")
+
+
+def load_text_conditioner(weights: str | Path | None = None, arch: str = "vitl14", seed: int = 0, vocab=None) -> TextConditioner:
+    """Pretrained CLIP text tower from an HF-format dir, else a frozen random one ('vitl14' | 'tiny')."""
+    from trellis_jax.encoders.clip_tokenizer import CLIPTokenizer
+
+    tok = CLIPTokenizer(vocab)
+    if weights:
+        from trellis_jax.encoders.hf_weights import load_clip_text
+
+        model, params = load_clip_text(weights)
+        return TextConditioner(model, params, tok, True, f"CLIP text from {weights}")
+    cfg = {"vitl14": CLIP_VIT_L14_TEXT, "tiny": TINY_CLIP}[arch]
+    model = CLIPTextEncoder(cfg)
+    params = _random_params(model, jnp.zeros((1, 77), jnp.int32), seed)
+    return TextConditioner(model, params, tok, False, f"RANDOM frozen CLIP text ({arch}, seed {seed}); no pretrained weights given")
+
+
+def conditioner_from_pipeline(directory: Path, raw: dict):
+    """The condition encoder a pipeline directory asks for (our pipeline.json may carry
+    `cond_encoder: {kind, arch, seed, weights}` for demo pipelines with a random frozen encoder)."""
+    args = raw.get("args", raw)
+    spec = args.get("cond_encoder")
+    if spec:
+        w = spec.get("weights")
+        w = str(directory / w) if w else None
+        if spec["kind"] == "image":
+            return load_image_conditioner(w, spec.get("arch", "vitl14_reg"), spec.get("seed", 0))
+        return load_text_conditioner(w, spec.get("arch", "vitl14"), spec.get("seed", 0))
+    return None

@@ -1,0 +1,1 @@
+"""Rectified-flow sampling: Euler with CFG and guidance interval, the composed two-stage pipeline, editing."""

@@ -1,0 +1,168 @@
+"""The composed two-stage TRELLIS sampler, one jitted function per batch of conditions.
+
+    G_S (dense flow, 16³×8 noise) → SS decoder → occupancy logits > 0 → voxel coords packed into a
+    static capacity (row-major (x, y, z) order, as argwhere) → G_L (sparse flow on those voxels)
+    → de-normalise with the SLAT mean/std → decoder heads (Gaussians by default).
+
+Every sample draws its noise from its own seed, so a sample does not depend on its batch position or
+on the batch size. Capacity overflow and empty structures are reported on the host (never silently
+truncated).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from trellis_jax.sampling.euler import SamplerConfig, sample_euler
+from trellis_jax.sparse.tensor import CapacityError, SparseTensor, masked
+
+# TRELLIS_SPEC §8.6 (identical in every released SLat-flow config and pipeline.json).
+SLAT_MEAN = (-2.1687545776367188, -0.004347046371549368, -0.13352349400520325, -0.08418072760105133,
+             -0.5271206498146057, 0.7238689064979553, -1.1414450407028198, 1.2039363384246826)
+SLAT_STD = (2.377650737762451, 2.386378288269043, 2.124418020248413, 2.1748552322387695,
+            2.663944721221924, 2.371192216873169, 2.6217446327209473, 2.684523105621338)
+
+
+class EmptyStructureError(ValueError):
+    """Stage 1 produced no occupied voxel for some sample."""
+
+
+def occupancy_to_coords(occupied: jax.Array, capacity: int):
+    """occupied bool [B, R, R, R] -> (coords int32 [B, capacity, 3], mask [B, capacity], counts [B]).
+
+    Row-major (x, y, z) order like argwhere; rows beyond the capacity are dropped and counted, so the
+    caller can report `counts > capacity`.
+    """
+    def one(occ):
+        idx = jnp.nonzero(occ, size=capacity, fill_value=0)
+        coords = jnp.stack(idx, -1).astype(jnp.int32)
+        count = jnp.sum(occ, dtype=jnp.int32)
+        mask = jnp.arange(capacity) < count
+        return jnp.where(mask[:, None], coords, 0), mask, count
+
+    return jax.vmap(one)(occupied)
+
+
+def seed_keys(seeds: jax.Array) -> jax.Array:
+    """Per-sample PRNG keys from integer seeds [B]."""
+    return jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, jnp.uint32))
+
+
+@dataclasses.dataclass
+class TrellisPipeline:
+    """Networks (module, params) plus sampling settings.
+
+    models: 'sparse_structure_flow_model', 'sparse_structure_decoder', 'slat_flow_model' and any of
+    'slat_decoder_gs' / 'slat_decoder_rf' / 'slat_decoder_mesh' (the pipeline.json roles).
+    """
+
+    models: dict[str, tuple[Any, Any]]
+    ss_sampler: SamplerConfig = SamplerConfig()
+    slat_sampler: SamplerConfig = SamplerConfig()
+    slat_mean: Sequence[float] = SLAT_MEAN
+    slat_std: Sequence[float] = SLAT_STD
+    capacity: int = 32768
+    formats: tuple[str, ...] = ("gaussian",)
+
+    @classmethod
+    def from_checkpoint(cls, loaded: dict, capacity: int = 32768, formats=("gaussian",), **sampler_overrides) -> "TrellisPipeline":
+        """From `trellis_jax.checkpoints.load_pipeline(...)`'s result (pipeline.json defaults merged
+        with `ss_*` / `slat_*` overrides such as ss_steps=12, slat_cfg_strength=3.0)."""
+        ss = {k[3:]: v for k, v in sampler_overrides.items() if k.startswith("ss_")}
+        sl = {k[5:]: v for k, v in sampler_overrides.items() if k.startswith("slat_")}
+        norm = loaded.get("slat_normalization") or {}
+        return cls(
+            models=loaded["models"],
+            ss_sampler=SamplerConfig.from_params(loaded["sparse_structure_sampler"].get("params"), **ss),
+            slat_sampler=SamplerConfig.from_params(loaded["slat_sampler"].get("params"), **sl),
+            slat_mean=tuple(norm.get("mean", SLAT_MEAN)), slat_std=tuple(norm.get("std", SLAT_STD)),
+            capacity=capacity, formats=tuple(formats),
+        )
+
+    # ------------------------------------------------------------------ pieces (pure functions of params)
+    def params(self) -> dict:
+        return {k: p for k, (_, p) in self.models.items()}
+
+    def _module(self, role):
+        if role not in self.models:
+            raise KeyError(f"pipeline has no '{role}' model (has {sorted(self.models)})")
+        return self.models[role][0]
+
+    def sample_structure(self, params, cond, neg_cond, keys, multi_image=False):
+        """Stage 1: [B] keys -> (ss_latent [B, 16, 16, 16, 8], occupancy logits [B, 64, 64, 64, 1])."""
+        flow = self._module("sparse_structure_flow_model")
+        shape = (flow.resolution,) * 3 + (flow.in_channels,)
+        noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1), shape))(keys)
+        vel = lambda x, t, c: flow.apply(params["sparse_structure_flow_model"], x, t, c)
+        z = sample_euler(vel, noise, cond, neg_cond, self.ss_sampler, multi_image)
+        logits = self._module("sparse_structure_decoder").apply(params["sparse_structure_decoder"], z)
+        return z, logits
+
+    def sample_latents(self, params, coords, mask, cond, neg_cond, keys, multi_image=False, resolution=64, known=None):
+        """Stage 2 on given voxels: -> normalised latents [B, L, 8]."""
+        flow = self._module("slat_flow_model")
+        B, L, _ = coords.shape
+        noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 2), (L, flow.in_channels)))(keys)
+        noise = masked(noise, mask)
+
+        def vel(x, t, c):
+            n = x.shape[0] // B
+            st = SparseTensor(jnp.concatenate([coords] * n), x, jnp.concatenate([mask] * n), resolution)
+            return flow.apply(params["slat_flow_model"], st, t, c).feats
+
+        return masked(sample_euler(vel, noise, cond, neg_cond, self.slat_sampler, multi_image), mask)
+
+    def decode(self, params, coords, mask, latents, resolution=64) -> dict:
+        """De-normalised latents on voxels -> {'gaussian': Gaussians, 'radiance_field': Strivec, 'mesh': SparseTensor}."""
+        z = SparseTensor(coords, masked(latents, mask), mask, resolution)
+        roles = {"gaussian": "slat_decoder_gs", "radiance_field": "slat_decoder_rf", "mesh": "slat_decoder_mesh"}
+        out = {}
+        for fmt in self.formats:
+            if roles[fmt] in self.models:
+                out[fmt] = self._module(roles[fmt]).apply(params[roles[fmt]], z)
+        return out
+
+    def denormalize(self, latents, mask):
+        mean, std = jnp.asarray(self.slat_mean), jnp.asarray(self.slat_std)
+        return masked(latents * std + mean, mask)
+
+    # ------------------------------------------------------------------ the composed, jitted sampler
+    @functools.cached_property
+    def _jitted(self):
+        def run(params, cond, neg_cond, seeds, multi_image):
+            keys = seed_keys(seeds)
+            ss_latent, logits = self.sample_structure(params, cond, neg_cond, keys, multi_image)
+            coords, mask, counts = occupancy_to_coords(logits[..., 0] > 0, self.capacity)
+            res = logits.shape[1]
+            latents = self.denormalize(self.sample_latents(params, coords, mask, cond, neg_cond, keys, multi_image, res), mask)
+            return {"ss_latent": ss_latent, "coords": coords, "mask": mask, "num_voxels": counts,
+                    "latents": latents, **self.decode(params, coords, mask, latents, res)}
+
+        return jax.jit(run, static_argnums=(4,))
+
+    def sample(self, cond, neg_cond, seeds, multi_image: bool = False, on_error: str = "raise") -> dict:
+        """cond [B, Lc, Cc] (or [B, K, Lc, Cc] for multi-image), neg_cond [B, Lc, Cc] or None, seeds [B].
+
+        Returns a dict of device arrays (coords, mask, latents, num_voxels, decoded formats). Samples
+        whose structure is empty or over capacity raise (`on_error='raise'`) or are flagged in
+        out['ok'] (`on_error='flag'`).
+        """
+        seeds = np.atleast_1d(np.asarray(seeds))
+        if seeds.shape[0] != cond.shape[0]:
+            raise ValueError(f"{cond.shape[0]} conditions but {seeds.shape[0]} seeds")
+        out = self._jitted(self.params(), cond, neg_cond, jnp.asarray(seeds), bool(multi_image))
+        counts = np.asarray(out["num_voxels"])
+        over, empty = counts > self.capacity, counts == 0
+        out["ok"] = ~(over | empty)
+        if on_error == "raise":
+            if over.any():
+                raise CapacityError(f"samples {np.nonzero(over)[0].tolist()} have {counts[over].tolist()} occupied voxels, "
+                                    f"more than the capacity {self.capacity}; raise `capacity`")
+            if empty.any():
+                raise EmptyStructureError(f"samples {np.nonzero(empty)[0].tolist()} produced an empty structure (no voxel with logit > 0)")
+        return out
