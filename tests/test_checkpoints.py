@@ -221,3 +221,13 @@ def test_load_pipeline_resolves_local_and_cross_repo_models(tmp_path):
     for role, (module, params) in pipe["models"].items():
         assert module.dtype == jnp.bfloat16
         assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params, expected[role]))
+
+
+def test_bf16_forward_is_engaged_and_close(capsys):
+    from trellis_jax.tools import precision_report
+
+    assert precision_report.main(["experiments/models/slat_vae.py:tiny_enc"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("slat_vae.py:tiny_enc") and " out_feats " in line
+    rel = float(line.split("rel_err=")[1])
+    assert 1e-5 < rel < 5e-2  # bf16 really computes (non-zero error), and stays within bf16 accuracy

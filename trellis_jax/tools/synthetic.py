@@ -6,7 +6,7 @@ channels-first dense arrays, packed sparse `coords (b,x,y,z)` + `feats`.
 """
 from __future__ import annotations
 
-import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
@@ -21,12 +21,11 @@ def random_params(module, seed: int = 0, std: float = 0.2) -> dict:
     Buffers (`pos_emb`, `offset_perturbation`) are random too: they are ordinary leaves in the
     checkpoint, and the loaders must carry them like any other tensor.
     """
-    template = param_template(module)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(template))
+    rng = np.random.default_rng(seed)  # host RNG: one eager device op per shape would compile each
     flat = {}
-    for (path, s), k in zip(template.items(), keys):
-        noise = std * jax.random.normal(k, s.shape)
-        flat[path] = noise + 1.0 if path[-1] in ("scale", "gamma") else noise
+    for path, s in param_template(module).items():
+        noise = (std * rng.standard_normal(s.shape)).astype(np.float32)
+        flat[path] = jnp.asarray(noise + 1.0 if path[-1] in ("scale", "gamma") else noise)
     return {"params": traverse_util.unflatten_dict(flat)}
 
 
