@@ -88,3 +88,16 @@ def test_spec_tables_reproduce_the_published_counts():
                 "ss_flow_txt_dit_L_16l8_fp16": 547.15, "ss_flow_txt_dit_XL_16l8_fp16": 980.68,
                 "slat_flow_txt_dit_B_64l8p2_fp16": 185.36, "slat_flow_txt_dit_L_64l8p2_fp16": 587.85}  # §1.1
     assert {k: round(count(SPEC_TABLES[k]()) / 1e6, 2) for k in millions} == millions
+
+
+@pytest.mark.parametrize("spec, data_bytes", [  # §5.9: tensor bytes of the released files (header excluded)
+    ("experiments/models/ss_vae.py:dec", 147_585_412),
+    ("experiments/models/ss_flow.py:img_L", 1_130_721_312),
+    ("experiments/models/slat_flow.py:img_L", 1_203_701_792),
+    ("experiments/models/slat_vae.py:dec_mesh", 181_891_796),
+])
+def test_saved_dtypes_reproduce_the_released_file_sizes(spec, data_bytes):
+    t = param_template(model_from_config(load_config(spec)))
+    shapes = {p: tuple(v.shape) for p, v in t.items()}
+    size = sum(int(np.prod(s)) * np.dtype(keymap.official_dtype(shapes, p, use_fp16=True)).itemsize for p, s in shapes.items())
+    assert size == data_bytes

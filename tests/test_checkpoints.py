@@ -21,7 +21,9 @@ from trellis_jax.tools.synthetic import random_params, reference_inputs
 from spec_tables import SPEC_TABLES, count
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE_FIXTURES = REPO.parent / "shared" / "reference" / "fixtures"
+# /work/shared/reference/fixtures: `../shared/...` from /work/main, `../../shared/...` from a worktree.
+REFERENCE_FIXTURES = next((p / "shared" / "reference" / "fixtures" for p in REPO.parents
+                           if (p / "shared" / "reference" / "fixtures").is_dir()), REPO.parent / "shared" / "reference" / "fixtures")
 
 EXPECTED_TENSORS = {"ss_flow_img_dit_L_16l8_fp16": 489, "slat_flow_img_dit_L_64l8p2_fp16": 526,
                     "slat_flow_txt_dit_XL_64l8p2_fp16": 624, "slat_enc_swin8_B_64l8_fp16": 100,
