@@ -13,6 +13,7 @@ gaussians.ply (3DGS), voxels.ply, voxels.glb, preview.png and latents.npz.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -61,8 +62,9 @@ def export_sample(out: dict, b: int, directory: Path, resolution: int = 64) -> d
         G = len(g["xyz"]) // max(len(coords), 1)
         colors = np.clip(0.2820948 * g["features_dc"].reshape(len(coords), G, 3).mean(1) + 0.5, 0, 1)
     files["voxels_glb"] = save_voxel_glb(directory / "voxels.glb", coords, resolution, colors)
+    extra = {"ss_latent": np.asarray(out["ss_latent"][b])} if "ss_latent" in out else {}
     np.savez(directory / "latents.npz", coords=coords.astype(np.uint8 if resolution <= 256 else np.int32),
-             feats=np.asarray(out["latents"][b])[mask])
+             feats=np.asarray(out["latents"][b])[mask], **extra)
     files["latents_npz"] = directory / "latents.npz"
     return files
 
@@ -89,8 +91,8 @@ def generate(pipe: TrellisPipeline, cond_model, kind: str, *, images=(), texts=(
     n = cond.shape[0]
     seeds = list(seeds) if len(seeds) == n else [int(seeds[0]) + i for i in range(n)]
     if multi_image:
-        pipe.ss_sampler = type(pipe.ss_sampler)(**{**pipe.ss_sampler.__dict__, "multi_image_mode": multi_image})
-        pipe.slat_sampler = type(pipe.slat_sampler)(**{**pipe.slat_sampler.__dict__, "multi_image_mode": multi_image})
+        pipe.ss_sampler = dataclasses.replace(pipe.ss_sampler, multi_image_mode=multi_image)
+        pipe.slat_sampler = dataclasses.replace(pipe.slat_sampler, multi_image_mode=multi_image)
     out = pipe.sample(cond, neg, np.asarray(seeds), multi_image=bool(multi_image), on_error="flag")
     t_sample = time.time() - t0
     results = []

@@ -1,0 +1,51 @@
+"""`trellis-jax` command line: one entry point, one subcommand per job.
+
+    trellis-jax demo        the embedded end-to-end default (no weights needed)
+    trellis-jax generate    image/text -> 3D assets from a pipeline directory (official or demo weights)
+    trellis-jax edit        detail variation / region editing of a generated asset
+    trellis-jax build-data  meshes -> renders, voxels, features -> ArrayRecord (data_pipeline.build)
+    trellis-jax train       rectified-flow / VAE training from an ml_collections config
+    trellis-jax export      a generated asset's latents.npz -> PLY / GLB / preview with a pipeline's decoder
+    trellis-jax convert     official checkpoint <-> check / re-save (dtype-exact), parameter counts
+Each subcommand has --help.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "demo": ("trellis_jax.demo", "the embedded end-to-end default"),
+    "generate": ("trellis_jax.sample", "image/text -> 3D assets"),
+    "edit": ("trellis_jax.edit", "detail variation and region editing"),
+    "build-data": ("data_pipeline.build", "build an ArrayRecord dataset from a manifest"),
+    "train": ("trellis_jax.train", "train a model from a config"),
+    "export": ("trellis_jax.export.cli", "export latents to PLY/GLB/preview"),
+    "convert": ("trellis_jax.checkpoints.cli", "check / re-save official checkpoints"),
+    "sweep": ("trellis_jax.sweep", "run an ablation sweep"),
+}
+
+
+def usage() -> str:
+    lines = [__doc__.splitlines()[0], "", "usage: trellis-jax COMMAND [args]", "", "commands:"]
+    lines += [f"  {name:<11} {desc}" for name, (_, desc) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        print(f"trellis-jax: unknown command {cmd!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[cmd][0])
+    sys.argv = [f"trellis-jax {cmd}"] + rest
+    result = module.main(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
