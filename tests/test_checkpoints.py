@@ -132,6 +132,8 @@ def test_fp16_round_trip_is_exact_and_uses_released_dtypes(tmp_path):
     raw_b = load_file(str(tmp_path / "b.safetensors"))
     assert all(np.array_equal(raw[k], raw_b[k]) for k in raw)
     assert json.loads((tmp_path / "b.json").read_text())["name"] == "SLatFlowModel"
+    module_bf16, p_bf16 = load_model(tmp_path / "b.safetensors", param_dtype=jnp.bfloat16, dtype=jnp.bfloat16)
+    assert module_bf16.dtype == jnp.bfloat16 and {a.dtype for a in jax.tree.leaves(p_bf16)} == {jnp.dtype(jnp.bfloat16)}
 
 
 def test_strict_loading_lists_every_problem_and_names_the_file(tmp_path):
