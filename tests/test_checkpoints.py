@@ -12,35 +12,23 @@ import pytest
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
-from trellis_jax.checkpoints import CheckpointError, CheckpointMismatchError, load_model, save_model
+from trellis_jax.checkpoints import CheckpointError, CheckpointMismatchError, load_model, load_pipeline, save_model
 from trellis_jax.checkpoints.official import param_template
 from trellis_jax.tools import check_fixture, param_count
 from trellis_jax.tools.configs import load_config, model_from_config
 from trellis_jax.tools.fixture_runner import run_fixture
+from trellis_jax.tools.synthetic import random_params, reference_inputs
+from spec_tables import SPEC_TABLES, count
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE_FIXTURES = REPO.parent / "shared" / "reference" / "fixtures"
+# /work/shared/reference/fixtures: `../shared/...` from /work/main, `../../shared/...` from a worktree.
+REFERENCE_FIXTURES = next((p / "shared" / "reference" / "fixtures" for p in REPO.parents
+                           if (p / "shared" / "reference" / "fixtures").is_dir()), REPO.parent / "shared" / "reference" / "fixtures")
 
-EXPECTED_COUNTS = {  # TRELLIS_SPEC §1.1 / Appendix A (paper Table 6 incl. the G_S pos_emb buffer)
-    "slat_enc_swin8_B_64l8_fp16": 85_817_104,
-    "slat_dec_gs_swin8_B_64l8gs32_fp16": 85_369_120,
-    "slat_dec_rf_swin8_B_64l8r16_fp16": 85_369_024,
-    "slat_dec_mesh_swin8_B_64l8m256c_fp16": 90_926_693,
-    "ss_flow_img_dit_L_16l8_fp16": 559_737_864,
-    "slat_flow_img_dit_L_64l8p2_fp16": 600_432_520,
-    "slat_flow_txt_dit_XL_64l8p2_fp16": 1_073_414_408,
-    "ss_enc_conv3d_16l8_fp16": 59_298_192,
-    "ss_dec_conv3d_16l8_fp16": 73_671_201,
-    "ss_flow_txt_dit_B_16l8_fp16": 159_872_264,
-    "ss_flow_txt_dit_L_16l8_fp16": 547_154_952,
-    "ss_flow_txt_dit_XL_16l8_fp16": 980_683_528,
-    "slat_flow_txt_dit_B_64l8p2_fp16": 185_364_616,
-    "slat_flow_txt_dit_L_64l8p2_fp16": 587_849_608,
-}
 EXPECTED_TENSORS = {"ss_flow_img_dit_L_16l8_fp16": 489, "slat_flow_img_dit_L_64l8p2_fp16": 526,
                     "slat_flow_txt_dit_XL_64l8p2_fp16": 624, "slat_enc_swin8_B_64l8_fp16": 100,
                     "slat_dec_gs_swin8_B_64l8gs32_fp16": 101, "slat_dec_mesh_swin8_B_64l8m256c_fp16": 120,
-                    "ss_dec_conv3d_16l8_fp16": 74}
+                    "ss_dec_conv3d_16l8_fp16": 74}  # Appendix A
 
 
 def test_param_count_command_prints_exact_released_counts(capsys):
@@ -48,7 +36,7 @@ def test_param_count_command_prints_exact_released_counts(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     counts = {l.split()[0]: int(l.split()[2].replace(",", "")) for l in lines}
     tensors = {l.split()[0]: int(l.split()[4]) for l in lines}
-    assert counts == EXPECTED_COUNTS
+    assert counts == {name: count(build()) for name, build in SPEC_TABLES.items()}  # rebuilt from the spec
     for k, v in EXPECTED_TENSORS.items():
         assert tensors[k] == v
 
@@ -81,36 +69,6 @@ TINY = ["ss_vae.py:tiny_enc", "ss_vae.py:tiny_dec", "ss_flow.py:tiny", "slat_flo
         "slat_vae.py:tiny_enc", "slat_vae.py:tiny_dec_gs", "slat_vae.py:tiny_dec_rf", "slat_vae.py:tiny_dec_mesh"]
 
 
-def _random_params(module, seed=0):
-    t = param_template(module)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(t))
-    flat = {p: 0.2 * jax.random.normal(k, s.shape) + (1.0 if p[-1] in ("scale", "gamma") else 0.0) for (p, s), k in zip(t.items(), keys)}
-    return {"params": traverse_util.unflatten_dict(flat)}
-
-
-def _fixture_inputs(module, rng):
-    """Reference-layout inputs for a tiny model (channels-first dense, packed sparse)."""
-    name = type(module).__name__
-    if name == "SparseStructureEncoder":
-        return {"x": (rng.uniform(size=(2, 1, 16, 16, 16)) > 0.7).astype(np.float32)}
-    if name == "SparseStructureDecoder":
-        return {"x": rng.normal(size=(2, 8, 4, 4, 4)).astype(np.float32)}
-    if name == "SparseStructureFlowModel":
-        r = module.resolution
-        return {"x": rng.normal(size=(2, 8, r, r, r)).astype(np.float32), "t": np.array([0.3, 0.9], np.float32),
-                "cond": rng.normal(size=(2, 5, module.cond_channels)).astype(np.float32)}
-    n = [40, 25]
-    res = module.resolution
-    coords = np.concatenate([np.concatenate([np.full((k, 1), b), rng.choice(res**3 // 8, k, replace=False)[:, None]], 1) for b, k in enumerate(n)])
-    xyz = np.stack(np.unravel_index(coords[:, 1], (res // 2,) * 3), 1) + res // 4
-    coords = np.concatenate([coords[:, :1], xyz], 1).astype(np.int32)
-    cin = module.in_channels if hasattr(module, "in_channels") and name != "SLatFlowModel" else 8
-    io = {"coords": coords, "feats": rng.normal(size=(len(coords), cin)).astype(np.float32)}
-    if name == "SLatFlowModel":
-        io.update(t=np.array([0.2, 0.7], np.float32), cond=rng.normal(size=(2, 5, module.cond_channels)).astype(np.float32))
-    return io
-
-
 @pytest.fixture(scope="module")
 def made_fixtures(tmp_path_factory):
     """One fixture directory per tiny network class, made with save_model + our own forward."""
@@ -120,17 +78,11 @@ def made_fixtures(tmp_path_factory):
     for spec in TINY:
         cfg = load_config(f"experiments/models/{spec}")
         module = model_from_config(cfg)
-        if module.__class__.__name__ == "SparseStructureFlowModel":
-            module = module.replace(resolution=8) if hasattr(module, "replace") else module
-        params = _random_params(module)
+        params = random_params(module)
         d = root / cfg.checkpoint
         args = cfg.args.to_dict()
-        if cfg.class_name == "SparseStructureFlowModel":
-            args["resolution"] = 8
-            module = model_from_config(cfg).clone(resolution=8)
-            params = _random_params(module)
         save_model(d / "model", cfg.class_name, args, params)
-        io = _fixture_inputs(module, rng)
+        io = reference_inputs(module, rng)
         outs = run_fixture(module, params, io)
         np.savez(d / "io.npz", **io, **outs)
         dirs.append(d)
@@ -166,7 +118,7 @@ def test_fp16_round_trip_is_exact_and_uses_released_dtypes(tmp_path):
     cfg = load_config("experiments/models/slat_flow.py:tiny")
     args = dict(cfg.args.to_dict(), use_fp16=True)
     module = model_from_config(cfg)
-    params = _random_params(module)
+    params = random_params(module)
     save_model(tmp_path / "a", "SLatFlowModel", args, params)
     raw = load_file(str(tmp_path / "a.safetensors"))
     assert raw["input_blocks.0.conv1.conv.weight"].dtype == np.float16
@@ -180,12 +132,14 @@ def test_fp16_round_trip_is_exact_and_uses_released_dtypes(tmp_path):
     raw_b = load_file(str(tmp_path / "b.safetensors"))
     assert all(np.array_equal(raw[k], raw_b[k]) for k in raw)
     assert json.loads((tmp_path / "b.json").read_text())["name"] == "SLatFlowModel"
+    module_bf16, p_bf16 = load_model(tmp_path / "b.safetensors", param_dtype=jnp.bfloat16, dtype=jnp.bfloat16)
+    assert module_bf16.dtype == jnp.bfloat16 and {a.dtype for a in jax.tree.leaves(p_bf16)} == {jnp.dtype(jnp.bfloat16)}
 
 
 def test_strict_loading_lists_every_problem_and_names_the_file(tmp_path):
     cfg = load_config("experiments/models/slat_vae.py:tiny_dec_gs")
     module = model_from_config(cfg)
-    save_model(tmp_path / "m", cfg.class_name, cfg.args.to_dict(), _random_params(module))
+    save_model(tmp_path / "m", cfg.class_name, cfg.args.to_dict(), random_params(module))
     t = load_file(str(tmp_path / "m.safetensors"))
     del t["blocks.1.mlp.mlp.2.bias"]
     t["blocks.0.attn.to_out.weight"] = t["blocks.0.attn.to_out.weight"][:, :-1]
@@ -200,7 +154,7 @@ def test_strict_loading_lists_every_problem_and_names_the_file(tmp_path):
 
 def test_truncated_or_malformed_files_fail_clearly(tmp_path):
     cfg = load_config("experiments/models/ss_vae.py:tiny_dec")
-    save_model(tmp_path / "m", cfg.class_name, cfg.args.to_dict(), _random_params(model_from_config(cfg)))
+    save_model(tmp_path / "m", cfg.class_name, cfg.args.to_dict(), random_params(model_from_config(cfg)))
     f = tmp_path / "m.safetensors"
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
     with pytest.raises(CheckpointError, match=str(f)):
@@ -214,3 +168,70 @@ def test_truncated_or_malformed_files_fail_clearly(tmp_path):
     (tmp_path / "m.json").write_text('{"name": "SparseStructureDecoder", "args": {"bogus_arg": 1}}')
     with pytest.raises(CheckpointError, match="bogus_arg"):
         load_model(tmp_path / "m")
+
+
+def test_garbage_header_and_missing_file_name_the_file(tmp_path):
+    cfg = load_config("experiments/models/ss_vae.py:tiny_dec")
+    save_model(tmp_path, cfg.class_name, cfg.args.to_dict(), random_params(model_from_config(cfg)), name="m")
+    f = tmp_path / "m.safetensors"
+    body = f.read_bytes()
+    f.write_bytes((40).to_bytes(8, "little") + b"{not json at all, just garbage bytes!!}" + body[48:])
+    with pytest.raises(CheckpointError, match=str(f)):
+        load_model(tmp_path, "m")
+    f.unlink()
+    with pytest.raises(CheckpointError, match="file not found"):
+        load_model(tmp_path, "m")
+    with pytest.raises(CheckpointError, match="no checkpoint 'nope'"):
+        load_model(tmp_path, "nope")
+
+
+def test_failed_save_leaves_the_existing_checkpoint_intact(tmp_path):
+    cfg = load_config("experiments/models/ss_vae.py:tiny_dec")
+    module = model_from_config(cfg)
+    params = random_params(module)
+    save_model(tmp_path / "ckpts" / "m", cfg.class_name, cfg.args.to_dict(), params)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ckpts").iterdir()}
+    broken = jax.tree.map(lambda a: a, params)
+    broken["params"]["input_layer"]["kernel"] = np.zeros((2, 2, 2, 2))  # rank 4: cannot be exported
+    with pytest.raises(ValueError):
+        save_model(tmp_path / "ckpts" / "m", cfg.class_name, cfg.args.to_dict(), broken)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ckpts").iterdir()} == before  # no temp files left either
+    _, loaded = load_model(tmp_path, "m")  # repo dir holding ckpts/
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), loaded, params))
+
+
+def test_load_pipeline_resolves_local_and_cross_repo_models(tmp_path):
+    image_repo, text_repo = tmp_path / "hub" / "TRELLIS-image-large", tmp_path / "TRELLIS-text-base"
+    specs = {"sparse_structure_decoder": ("ss_vae.py:tiny_dec", image_repo),
+             "slat_flow_model": ("slat_flow.py:tiny", text_repo)}
+    refs, expected = {}, {}
+    for role, (spec, repo) in specs.items():
+        cfg = load_config(f"experiments/models/{spec}")
+        params = random_params(model_from_config(cfg))
+        save_model(repo / "ckpts" / cfg.checkpoint, cfg.class_name, cfg.args.to_dict(), params)
+        refs[role] = (f"ckpts/{cfg.checkpoint}" if repo == text_repo else f"JeffreyXiang/TRELLIS-image-large/ckpts/{cfg.checkpoint}")
+        expected[role] = params
+    norm = {"mean": [0.1] * 8, "std": [2.0] * 8}
+    sampler = {"name": "FlowEulerGuidanceIntervalSampler", "args": {"sigma_min": 1e-5},
+               "params": {"steps": 25, "cfg_strength": 7.5, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0}}
+    (text_repo / "pipeline.json").write_text(json.dumps({"name": "TrellisTextTo3DPipeline", "args": {
+        "models": refs, "sparse_structure_sampler": sampler, "slat_sampler": sampler, "slat_normalization": norm,
+        "text_cond_model": "openai/clip-vit-large-patch14"}}))
+    with pytest.raises(CheckpointError, match="JeffreyXiang/TRELLIS-image-large/ckpts/ss_dec_tiny"):
+        load_pipeline(text_repo)  # the image repo is not a sibling and no search root is given
+    pipe = load_pipeline(text_repo, search_roots=[tmp_path / "hub"], dtype=jnp.bfloat16)
+    assert pipe["name"] == "TrellisTextTo3DPipeline" and pipe["slat_normalization"] == norm
+    assert pipe["slat_sampler"]["params"]["cfg_strength"] == 7.5 and pipe["cond_model"] == "openai/clip-vit-large-patch14"
+    for role, (module, params) in pipe["models"].items():
+        assert module.dtype == jnp.bfloat16
+        assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params, expected[role]))
+
+
+def test_bf16_forward_is_engaged_and_close(capsys):
+    from trellis_jax.tools import precision_report
+
+    assert precision_report.main(["experiments/models/slat_vae.py:tiny_enc"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("slat_vae.py:tiny_enc") and " out_feats " in line
+    rel = float(line.split("rel_err=")[1])
+    assert 1e-5 < rel < 5e-2  # bf16 really computes (non-zero error), and stays within bf16 accuracy

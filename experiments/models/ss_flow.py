@@ -11,7 +11,8 @@ VARIANTS = {
     "txt_B": ("ss_flow_txt_dit_B_16l8_fp16", dict(model_channels=768, cond_channels=768, num_blocks=12, num_heads=12)),
     "txt_L": ("ss_flow_txt_dit_L_16l8_fp16", dict(model_channels=1024, cond_channels=768, num_blocks=24, num_heads=16)),
     "txt_XL": ("ss_flow_txt_dit_XL_16l8_fp16", dict(model_channels=1280, cond_channels=768, num_blocks=28, num_heads=16, qk_rms_norm_cross=True)),
-    "tiny": ("ss_flow_tiny", dict(model_channels=64, cond_channels=32, num_blocks=2, num_heads=4, use_fp16=False)),
+    # tiny: an 8³ latent (512 tokens) so CPU tests run in seconds; the released models use 16³.
+    "tiny": ("ss_flow_tiny", dict(resolution=8, model_channels=64, cond_channels=32, num_blocks=2, num_heads=4, use_fp16=False)),
 }
 
 

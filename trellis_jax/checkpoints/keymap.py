@@ -69,6 +69,23 @@ def to_flax(array: np.ndarray, flax_path: tuple[str, ...], target_shape: tuple) 
     raise ValueError(f"cannot map a {a.shape} tensor onto kernel {flax_path} of shape {target_shape}")
 
 
+def official_shape(flax_path: tuple[str, ...], shape: tuple) -> tuple:
+    """Shape the official file stores for a Flax leaf of `shape` (the shape-level `from_flax`)."""
+    s = tuple(shape)
+    if flax_path[-1] != "kernel":
+        return s
+    if len(s) == 2:
+        return s[::-1]
+    if len(s) == 5:
+        return (s[4], s[3], s[0], s[1], s[2])
+    if len(s) == 3:
+        k = round(s[0] ** (1 / 3))
+        if k**3 != s[0]:
+            raise ValueError(f"sparse kernel {flax_path} has {s[0]} offsets, not a cube")
+        return (s[2], k, k, k, s[1])
+    raise ValueError(f"unexpected kernel rank {len(s)} at {flax_path}")
+
+
 def from_flax(array: np.ndarray, flax_path: tuple[str, ...]) -> np.ndarray:
     """Flax leaf -> tensor in the official layout (inverse of `to_flax`)."""
     a = np.asarray(array)

@@ -1,6 +1,7 @@
 """Load and save official TRELLIS checkpoints without PyTorch.
 
     module, params = load_model("ckpts/slat_dec_gs_swin8_B_64l8gs32_fp16")   # .json + .safetensors
+    module, params = load_model("TRELLIS-image-large", "slat_dec_gs_swin8_B_64l8gs32_fp16")
     save_model("out/ckpts/my_dec", "SLatGaussianDecoder", args, params)       # official layout + dtypes
     pipe = load_pipeline("TRELLIS-image-large")                               # every model of pipeline.json
 
@@ -97,16 +98,29 @@ def map_state_dict(tensors: dict[str, np.ndarray], template: dict, source: str, 
     return {"params": traverse_util.unflatten_dict({k: jnp.asarray(v, param_dtype) for k, v in out.items()})}
 
 
-def load_model(prefix: str | Path, *, param_dtype=jnp.float32, **module_overrides) -> tuple[Any, dict]:
-    """`prefix` = 'dir/ckpts/NAME' (or its .json/.safetensors) -> (Flax module, params).
+def _checkpoint_prefix(path: str | Path, name: str | None) -> Path:
+    """'dir/ckpts/NAME' from a prefix (or its .json/.safetensors), or from (repo or ckpts dir, NAME)."""
+    if name is None:
+        return Path(path)
+    d = Path(path)
+    for cand in (d / name, d / "ckpts" / name):
+        if _paths(cand)[0].exists():
+            return cand
+    raise CheckpointError(f"{d}: no checkpoint {name!r} (looked for {d / name}.json and {d / 'ckpts' / name}.json)")
 
-    `module_overrides` (e.g. dtype=jnp.bfloat16, attn_impl='pallas') are passed to the module.
+
+def load_model(path: str | Path, name: str | None = None, *, param_dtype=jnp.float32, **module_overrides) -> tuple[Any, dict]:
+    """Official checkpoint -> (Flax module, params {'params': ...} as plain arrays of `param_dtype`).
+
+    `load_model('dir/ckpts/NAME')` (or its .json/.safetensors), or `load_model(dir, 'NAME')` with `dir`
+    a repository (holding `ckpts/`) or a ckpts directory. `module_overrides` (e.g.
+    `dtype=jnp.bfloat16`, `attn_impl='pallas'`) set the module's compute fields.
     """
-    json_path, st_path = _paths(prefix)
+    json_path, st_path = _paths(_checkpoint_prefix(path, name))
     cfg = read_json(json_path)
     try:
         module = build_model(cfg["name"], cfg["args"], **module_overrides)
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{json_path}: {e}") from e
     template = param_template(module)
     params = map_state_dict(read_safetensors(st_path), template, str(st_path), param_dtype)
@@ -125,21 +139,34 @@ def export_state_dict(params: dict, use_fp16: bool) -> dict[str, np.ndarray]:
     return out
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+def _write_atomically(writers: dict[Path, Any]) -> None:
+    """Write every file to a temporary sibling first, then rename them all into place: an interrupted
+    or failing save leaves any existing checkpoint untouched."""
+    tmps = {}
+    try:
+        for path, write in writers.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmps[path] = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            write(tmps[path])
+        for path, tmp in tmps.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
 
 
-def save_model(prefix: str | Path, class_name: str, args: dict, params: dict) -> tuple[Path, Path]:
-    """Write `prefix.json` + `prefix.safetensors` in the official layout and dtypes (atomically)."""
+def save_model(path: str | Path, class_name: str, args: dict, params: dict, name: str | None = None) -> tuple[Path, Path]:
+    """Write `PREFIX.json` + `PREFIX.safetensors` in the official layout and dtypes (atomically).
+
+    PREFIX is `path` (e.g. 'out/ckpts/NAME'), or `path/NAME` when `name` is given. Tensors are f16 under
+    the fp16 trunk modules when `args['use_fp16']` (§5.9), f32 otherwise.
+    """
     from safetensors.numpy import save_file
 
-    json_path, st_path = _paths(prefix)
+    json_path, st_path = _paths(Path(path) / name if name is not None else path)
     tensors = export_state_dict(params, bool(args.get("use_fp16", False)))
-    _atomic_write_bytes(st_path, lambda p: save_file(tensors, str(p)))
-    _atomic_write_bytes(json_path, lambda p: p.write_text(json.dumps({"name": class_name, "args": args}, indent=4)))
+    config = json.dumps({"name": class_name, "args": args}, indent=4)
+    _write_atomically({st_path: lambda p: save_file(tensors, str(p)), json_path: lambda p: p.write_text(config)})
     return json_path, st_path
 
 
