@@ -119,7 +119,8 @@ def gl():
 def test_flow_models_start_at_zero_velocity():
     gs = model_from_config(load_config("experiments/models/ss_flow.py:tiny"))
     p = nn.meta.unbox(gs.init(jax.random.PRNGKey(0), *dummy_inputs(gs)))
-    x = jax.random.normal(jax.random.PRNGKey(1), (1, 16, 16, 16, 8))
+    r = gs.resolution
+    x = jax.random.normal(jax.random.PRNGKey(1), (1, r, r, r, 8))
     assert float(jnp.abs(gs.apply(p, x, jnp.array([0.5]), jnp.ones((1, 3, 32)))).max()) == 0.0
 
 
