@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from trellis_jax.losses.flow import flow_loss
+from trellis_jax.training.objective import flow_loss
 from trellis_jax.losses.slat_vae import slat_vae_loss
 from trellis_jax.losses.vae import dice_loss, kl_divergence
 from trellis_jax.models.registry import build_model, dummy_inputs

@@ -44,3 +44,56 @@ def all_model_specs() -> list[str]:
         "experiments/models/slat_vae.py:enc", "experiments/models/slat_vae.py:dec_gs",
         "experiments/models/slat_vae.py:dec_rf", "experiments/models/slat_vae.py:dec_mesh",
     ]
+
+
+class ConfigKeyError(KeyError):
+    """An override names a key the config does not have."""
+
+    def __str__(self):
+        return str(self.args[0])
+
+
+def _parse_value(text: str, current):
+    import ast
+
+    if isinstance(current, str):
+        return text
+    if isinstance(current, bool) or text in ("True", "False", "true", "false"):
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"expected a boolean, got {text!r}")
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
+    """Apply 'dotted.key=value' strings (config_flags syntax) to cfg in place; values are parsed as
+    Python literals (strings stay strings where the field is a string). Unknown keys raise
+    ConfigKeyError naming the key and the keys that exist at that level."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"config override {item!r} is not of the form dotted.key=value")
+        node, parts = cfg, key.split(".")
+        for i, part in enumerate(parts):
+            known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                where = ".".join(parts[:i]) or "<top level>"
+                raise ConfigKeyError(f"unknown config key {key!r}: {where} has no field {part!r} (its fields: {sorted(known)})")
+            if i < len(parts) - 1:
+                node = node[part]
+        current = node[parts[-1]]
+        if isinstance(current, ml_collections.ConfigDict):
+            raise ConfigKeyError(f"config key {key!r} is a block, override one of its fields: {sorted(current.keys())}")
+        value = _parse_value(text, current)
+        if isinstance(current, tuple) and isinstance(value, list):
+            value = tuple(value)
+        try:
+            node[parts[-1]] = value
+        except TypeError as e:
+            raise ValueError(f"config key {key!r}: cannot set {value!r} ({e})") from e
+    return cfg

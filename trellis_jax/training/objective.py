@@ -1,4 +1,4 @@
-"""Rectified-flow training objective of both generation stages (§7.1).
+"""Rectified-flow training objective of both generation stages (SPEC §7.1); the only one in the codebase.
 
 x_t = (1 − t)·x0 + (σmin + (1 − σmin)·t)·ε,  target v = (1 − σmin)·ε − x0,  t = sigmoid(n), n ~ N(1, 1);
 plain MSE over every element (sparse: over all valid voxel features of the batch, pooled).
@@ -25,13 +25,17 @@ def interpolate(x0, eps, t):
 
 
 def drop_condition(rng, cond, neg_cond, p: float = 0.1):
-    """Replace each sample's condition by the negative condition with probability p."""
+    """Replace each sample's condition cond [B, Lc, Cc] by the negative condition (broadcastable to it)
+    with probability p (independently per sample)."""
     keep = jax.random.bernoulli(rng, 1 - p, (cond.shape[0],))
     return jnp.where(keep.reshape((-1,) + (1,) * (cond.ndim - 1)), cond, jnp.broadcast_to(neg_cond, cond.shape))
 
 
 def flow_loss(velocity_fn, x0, cond, neg_cond, rng, mask=None, p_uncond: float = 0.1, t_mean=1.0, t_std=1.0):
-    """MSE between velocity_fn(x_t, t, cond) and the target; mask [B, L] restricts a sparse x0 [B, L, C]."""
+    """MSE between velocity_fn(x_t, t, cond) and the target velocity.
+
+    x0 [B, ...] dense, or [B, L, C] sparse with mask [B, L] (padding rows excluded: mean over the valid
+    rows' features of the whole batch, pooled). Returns the scalar loss."""
     k_t, k_eps, k_drop = jax.random.split(rng, 3)
     t = sample_t(k_t, x0.shape[0], t_mean, t_std)
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)

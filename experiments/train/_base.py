@@ -1,0 +1,30 @@
+"""Settings shared by every training config (SPEC §7.2 defaults): optimizer, EMA, logging, checkpoints, mesh.
+
+Task configs (ss_flow.py, slat_flow.py, ss_vae.py) start from get_config() here and add `task`,
+`model`, `data` and the task's own keys. Any key can be overridden on the command line:
+`--config.optimizer.lr=3e-4`; an unknown key is an error naming it.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.task = ""
+    c.seed = 0
+    c.total_steps = 1_000_000          # reference max_steps
+    c.batch_size = 8                   # global batch (split over the mesh's data x fsdp axes)
+    c.compute_dtype = "float32"        # model compute dtype; params (master weights) stay float32
+    c.optimizer = ml_collections.ConfigDict(dict(
+        lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, warmup_steps=0,
+        # adaptive: threshold min(max_norm, percentile of the last buffer_size finite norms) once full
+        clip=dict(kind="adaptive", max_norm=1.0, percentile=95.0, buffer_size=1000),
+    ))
+    c.ema = ml_collections.ConfigDict(dict(decay=0.9999))
+    c.log_every = 500                  # tensorboard scalars (per-step losses always go to metrics.jsonl)
+    c.ckpt_every = 10_000
+    c.keep_checkpoints = 3
+    c.async_checkpoints = True
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.sharding = ml_collections.ConfigDict({"rules": None})   # None: trellis_jax.training.sharding.DEFAULT_RULES
+    c.distributed = None               # None: auto (coordinator env vars); True on every host of a pod slice
+    return c

@@ -1,0 +1,46 @@
+"""G_L training: rectified flow on sparse structured latents (SPEC §7.1–7.2, §8.6 normalisation).
+
+Variants: img_L, txt_B, txt_L, txt_XL (released model args; grain latent dataset at --config.data.path
+padded to `data.capacity` voxels, frozen DINOv2 / CLIP conditions) and `tiny` (synthetic voxel sets of
+at most 128 voxels on the 64³ grid, synthetic condition tokens; CPU).
+"""
+from pathlib import Path
+
+import ml_collections
+
+from trellis_jax.tools.configs import load_config
+
+_HERE = Path(__file__).resolve().parent
+_RELEASED = {"img_L": ("image", 256), "txt_B": ("text", 512), "txt_L": ("text", 256), "txt_XL": ("text", 256)}
+# SPEC §8.6 (identical in every SLat-flow config and pipeline.json)
+SLAT_MEAN = [-2.1687545776367188, -0.004347046371549368, -0.13352349400520325, -0.08418072760105133,
+             -0.5271206498146057, 0.7238689064979553, -1.1414450407028198, 1.2039363384246826]
+SLAT_STD = [2.377650737762451, 2.386378288269043, 2.124418020248413, 2.1748552322387695,
+            2.663944721221924, 2.371192216873169, 2.6217446327209473, 2.684523105621338]
+
+
+def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
+    if variant not in list(_RELEASED) + ["tiny"]:
+        raise KeyError(f"unknown slat_flow training variant {variant!r}; choose from {sorted(list(_RELEASED) + ['tiny'])}")
+    c = load_config(str(_HERE / "_base.py"))
+    c.task = "slat_flow"
+    c.model = load_config(f"{_HERE.parent / 'models' / 'slat_flow.py'}:{variant}")
+    c.p_uncond = 0.1
+    c.t_mean, c.t_std = 1.0, 1.0
+    c.slat_normalization = ml_collections.ConfigDict(dict(mean=SLAT_MEAN, std=SLAT_STD))
+    # capacity: voxels per asset after padding (the reference keeps assets with <= 32768 voxels)
+    c.data = ml_collections.ConfigDict(dict(kind="grain", path="", worker_count=4, synthetic_seed=0, capacity=32768))
+    if variant == "tiny":
+        c.batch_size = 4
+        c.total_steps = 200
+        c.optimizer.lr = 1e-3
+        c.ema.decay = 0.99
+        c.log_every, c.ckpt_every, c.keep_checkpoints = 1, 50, 2
+        c.data.kind, c.data.worker_count, c.data.capacity = "synthetic", 0, 128
+        c.cond = ml_collections.ConfigDict(dict(kind="random", arch="", weights="", tokens=8))
+    else:
+        kind, c.batch_size = _RELEASED[variant]
+        c.compute_dtype = "bfloat16"
+        arch = {"image": "vitl14_reg", "text": "vitl14"}[kind]
+        c.cond = ml_collections.ConfigDict(dict(kind=kind, arch=arch, weights="", tokens=1374 if kind == "image" else 77))
+    return c

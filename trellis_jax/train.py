@@ -1,0 +1,51 @@
+"""Train a TRELLIS model from an ml_collections config (G_S, G_L or the SS VAE).
+
+    python -m trellis_jax.train --config experiments/train/ss_flow.py:tiny --workdir DIR [--config.key=value ...]
+
+The run resumes from DIR's latest checkpoint (params, optimizer, EMA, step, rng, data iterator).
+TensorBoard scalars go to DIR/tb, every step's loss to DIR/metrics.jsonl, checkpoints to DIR/checkpoints.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="trellis-jax train", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True, help="experiments/train/<file>.py:<variant>")
+    ap.add_argument("--workdir", required=True)
+    args, rest = ap.parse_known_args(argv)
+    overrides, i = [], 0
+    while i < len(rest):  # --config.a.b=v or --config.a.b v
+        a = rest[i]
+        if not a.startswith("--config."):
+            ap.error(f"unrecognised argument {a!r} (overrides look like --config.key=value)")
+        a = a[len("--config."):]
+        if "=" not in a:
+            if i + 1 >= len(rest):
+                ap.error(f"--config.{a} needs a value")
+            a, i = f"{a}={rest[i + 1]}", i + 1
+        overrides.append(a)
+        i += 1
+    return args, overrides
+
+
+def main(argv=None) -> int:
+    from trellis_jax.tools.configs import apply_overrides, load_config
+
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    cfg = apply_overrides(load_config(args.config), overrides)
+    from trellis_jax.training.checkpoint import CheckpointError
+    from trellis_jax.training.trainer import NonFiniteError, run
+
+    try:
+        run(cfg, args.workdir)
+    except (NonFiniteError, CheckpointError) as e:
+        print(f"train: error: {e}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

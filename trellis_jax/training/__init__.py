@@ -1,0 +1,1 @@
+"""Training: rectified-flow objective, optimizer (AdamW + EMA + adaptive clipping), tasks, trainer."""

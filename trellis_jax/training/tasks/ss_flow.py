@@ -1,0 +1,63 @@
+"""G_S task: rectified flow on dense sparse-structure latents [B, R, R, R, 8] (R = 16; tiny: 8).
+
+Batch: ss_latent float32 [B, R, R, R, C] (SS-VAE posterior means, unnormalised as the reference),
+cond float32 [B, Lc, Cc]. Grain data: stage 'ss_flow' of an encoded latent dataset, condition tokens
+from the frozen encoder (`prepare`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from trellis_jax.models.registry import build_model, dummy_inputs
+from trellis_jax.training.objective import flow_loss
+from trellis_jax.training.tasks.base import Condition, Task, compute_dtype, np_rng
+
+CODE_DIM = 4
+
+
+class SSFlowTask(Task):
+    stage = "ss_flow"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        args = cfg.model.args.to_dict()
+        self.model = build_model(cfg.model.class_name, args, dtype=compute_dtype(cfg))
+        self.resolution, self.channels = int(args["resolution"]), int(args["in_channels"])
+        self.cond = Condition(cfg, int(args["cond_channels"]), CODE_DIM)
+        r, c = self.resolution, self.channels
+        g = np.random.default_rng(int(cfg.data.synthetic_seed))
+        coarse = g.standard_normal((CODE_DIM, 4, 4, 4, c)).astype(np.float32)
+        f = max(r // 4, 1)
+        self._basis = coarse.repeat(f, 1).repeat(f, 2).repeat(f, 3)[:, :r, :r, :r] / np.sqrt(CODE_DIM)
+
+    def init_params(self, rng):
+        return self.model.init(rng, *dummy_inputs(self.model))
+
+    def loss(self, params, batch, rng):
+        vel = lambda x, t, c: self.model.apply(params, x, t, c)
+        loss = flow_loss(vel, batch["ss_latent"], batch["cond"], self.cond.negative, rng, p_uncond=float(self.cfg.p_uncond),
+                         t_mean=float(self.cfg.t_mean), t_std=float(self.cfg.t_std))
+        return loss, {}
+
+    def synthetic_batch(self, batch_size, rng):
+        g = np_rng(rng)
+        code = g.standard_normal((batch_size, CODE_DIM)).astype(np.float32)
+        x0 = np.einsum("bk,kxyzc->bxyzc", code, self._basis) + 0.05 * g.standard_normal(
+            (batch_size,) + self._basis.shape[1:]).astype(np.float32)
+        return {"ss_latent": x0.astype(np.float32), "cond": self.cond.synthetic(code)}
+
+    def tokens_per_batch(self, batch):
+        return int(batch["ss_latent"].shape[0] * self.resolution**3)
+
+    def grain_kwargs(self):
+        kw = {"cond": self.cond.kind}
+        if self.cond.kind == "image":
+            kw["cond_image_size"] = self.cond.encoder.image_size
+        return kw
+
+    def prepare(self, batch):
+        x = np.asarray(batch["ss_latent"], np.float32)
+        if x.shape[1:] != (self.resolution,) * 3 + (self.channels,):
+            raise ValueError(f"dataset ss_latent has shape {x.shape[1:]}, the model expects "
+                             f"{(self.resolution,) * 3 + (self.channels,)} (model.args.resolution/in_channels)")
+        return {"ss_latent": x, "cond": self.cond.encode(batch)}

@@ -1,0 +1,187 @@
+"""The training loop: sharded jitted steps, EMA, adaptive clipping, orbax checkpoints, logging.
+
+    task = build_task(cfg)
+    init_fn, step_fn, shardings = compile_train(cfg, task, mesh, rules)
+    state = init_fn(jax.random.PRNGKey(cfg.seed))          # TrainState placed with `shardings`
+    state, metrics = step_fn(state, shard_batch(batch, mesh))
+    run(cfg, workdir)                                       # the whole loop, resuming from workdir
+
+Step s (0-based) uses rng fold_in(state.rng, s) and the s-th batch of the data iterator; a step whose
+loss or gradient is non-finite leaves the state unchanged and stops the run (`NonFiniteError`,
+naming the step) after the last good checkpoint is safely on disk.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from trellis_jax.training import sharding as sh
+from trellis_jax.training.optimizer import clip_stats, ema_update, lr_schedule, make_optimizer
+
+__all__ = ["TrainState", "build_task", "make_optimizer", "compile_train", "run", "NonFiniteError"]
+
+
+class NonFiniteError(FloatingPointError):
+    """Loss or gradient became NaN/Inf."""
+
+
+class TrainState(struct.PyTreeNode):
+    step: jax.Array          # int32, number of updates applied
+    params: Any              # float32 master weights (unboxed)
+    opt_state: Any           # clip state (grad-norm ring buffer) + AdamW moments
+    ema_params: Any          # EMA of params
+    rng: jax.Array           # base PRNG key (uint32 [2]); step s uses fold_in(rng, s)
+
+
+def build_task(cfg):
+    """The Task of cfg.task ('ss_flow' | 'slat_flow' | 'ss_vae')."""
+    from trellis_jax.training.tasks.slat_flow import SLatFlowTask
+    from trellis_jax.training.tasks.ss_flow import SSFlowTask
+    from trellis_jax.training.tasks.ss_vae import SSVAETask
+
+    tasks = {"ss_flow": SSFlowTask, "slat_flow": SLatFlowTask, "ss_vae": SSVAETask}
+    if cfg.task not in tasks:
+        raise ValueError(f"config task must be one of {sorted(tasks)}, got {cfg.task!r}")
+    return tasks[cfg.task](cfg)
+
+
+def _is_box(x):
+    return isinstance(x, nn.meta.AxisMetadata)
+
+
+def compile_train(cfg, task, mesh, rules):
+    """(init_fn, step_fn, state_shardings) for `task` on `mesh` with logical-axis `rules`.
+
+    init_fn(rng) -> TrainState (unboxed, placed with state_shardings); step_fn(state, batch) ->
+    (state, metrics) jitted with explicit in/out shardings and the state donated. metrics: loss,
+    task metrics, grad_norm, clip_threshold, finite (1.0 / 0.0)."""
+    tx = make_optimizer(cfg)
+    decay = float(cfg.ema.decay)
+
+    def boxed_state(rng):
+        k_init, k_train = jax.random.split(rng)
+        params = task.init_params(k_init)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          ema_params=params, rng=k_train)
+
+    abstract = jax.eval_shape(boxed_state, jax.random.PRNGKey(0))
+    state_shardings = sh.tree_shardings(abstract, mesh, rules)
+    data_sharding = sh.batch_sharding(mesh)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    init_fn = jax.jit(lambda rng: nn.meta.unbox(boxed_state(rng)), out_shardings=state_shardings)
+
+    def step(state: TrainState, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        (loss, metrics), grads = jax.value_and_grad(task.loss, has_aux=True)(state.params, batch, rng)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), state.params, updates)
+        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            ema_params=ema_update(state.ema_params, params, decay))
+        stats = clip_stats(opt_state)
+        finite = jnp.isfinite(loss) & jnp.isfinite(stats["grad_norm"])
+        new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+        out = {"loss": loss, **metrics, **stats, "finite": finite.astype(jnp.float32)}
+        return new, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), out)
+
+    step_fn = jax.jit(step, in_shardings=(state_shardings, data_sharding), out_shardings=(state_shardings, replicated),
+                      donate_argnums=0)
+    return init_fn, step_fn, state_shardings
+
+
+def _abstract_like(shardings, state_shapes):
+    return jax.tree.map(lambda s, x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shardings, state_shapes)
+
+
+def run(cfg, workdir: str | Path, log=print) -> dict:
+    """Train cfg.total_steps steps in `workdir` (resuming from its latest checkpoint). Returns a summary."""
+    from trellis_jax.training.checkpoint import Checkpointer
+    from trellis_jax.training.data import make_batches
+    from trellis_jax.training.logger import MetricsLogger
+
+    sh.maybe_initialize_distributed(cfg)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=1))
+    mesh = sh.make_mesh(cfg.mesh)
+    rules = sh.rules_from_config(cfg)
+    task = build_task(cfg)
+    if getattr(task, "cond", None) is not None:
+        log(f"train: condition: {task.cond.description}")
+    init_fn, step_fn, shardings = compile_train(cfg, task, mesh, rules)
+    batches = make_batches(cfg, task)
+    ckpt = Checkpointer(workdir / "checkpoints", keep=int(cfg.keep_checkpoints), async_save=bool(cfg.async_checkpoints))
+    logger = MetricsLogger(workdir)
+    schedule = lr_schedule(cfg)
+    total = int(cfg.total_steps)
+    try:
+        start = ckpt.latest_step()
+        if start is None:
+            state = init_fn(jax.random.PRNGKey(int(cfg.seed)))
+            start = 0
+        else:
+            shapes = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+            state, data_state = ckpt.restore(start, _abstract_like(shardings, shapes))
+            batches.set_state(data_state)
+            log(f"train: resumed from {ckpt.path(start)} (step {start})")
+        if start >= total:
+            log(f"train: already at step {start} >= total_steps {total}; nothing to do")
+            return {"start": start, "end": start, "losses": {}}
+        n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+        log(f"train: task {cfg.task}, {n_params:,} params, mesh {dict(mesh.shape)}, batch {cfg.batch_size}, "
+            f"steps {start}..{total - 1}, workdir {workdir}")
+
+        host_batch = next(batches)
+        batch = sh.shard_batch(host_batch, mesh)
+        t0 = time.perf_counter()
+        compiled = step_fn.lower(state, batch).compile()
+        compile_s = time.perf_counter() - t0
+        logger.scalars(start, {"compile_seconds": compile_s}, prefix="perf")
+        log(f"train: step compiled in {compile_s:.1f}s")
+
+        losses: dict[int, float] = {}
+        window_t, window_steps, window_tokens = time.perf_counter(), 0, 0
+        last_saved = start
+        for s in range(start, total):
+            if s > start:
+                host_batch = next(batches)
+                batch = sh.shard_batch(host_batch, mesh)
+            tokens = task.tokens_per_batch(host_batch) * jax.process_count()
+            state, metrics = compiled(state, batch)
+            m = jax.device_get(metrics)
+            if not m["finite"]:
+                ckpt.wait()
+                good = ckpt.latest_step()
+                raise NonFiniteError(
+                    f"non-finite {'loss' if not np.isfinite(m['loss']) else 'gradient'} at step {s} "
+                    f"(loss={m['loss']}, grad_norm={m['grad_norm']}); stopped without applying it. Last good "
+                    f"checkpoint: {ckpt.path(good) if good is not None else 'none (no checkpoint written yet)'}")
+            m.pop("finite")
+            losses[s] = float(m["loss"])
+            logger.record(s, m)
+            window_steps += 1
+            window_tokens += tokens
+            if (s + 1) % int(cfg.log_every) == 0 or s + 1 == total:
+                dt = max(time.perf_counter() - window_t, 1e-9)
+                logger.scalars(s, {**m, "lr": float(schedule(s))})
+                logger.scalars(s, {"steps_per_sec": window_steps / dt, "tokens_per_sec": window_tokens / dt}, prefix="perf")
+                logger.flush()
+                window_t, window_steps, window_tokens = time.perf_counter(), 0, 0
+            if (s + 1) % int(cfg.ckpt_every) == 0 or s + 1 == total:
+                ckpt.save(s + 1, state, batches.get_state())
+                last_saved = s + 1
+        ckpt.wait()
+        log(f"train: done, {total - start} steps; loss {losses[start]:.5f} -> {losses[total - 1]:.5f}; "
+            f"checkpoint {ckpt.path(last_saved)}")
+        return {"start": start, "end": total, "losses": losses, "compile_seconds": compile_s}
+    finally:
+        logger.close()
+        ckpt.close()
