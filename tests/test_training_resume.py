@@ -1,0 +1,115 @@
+"""Checkpoint/resume of the trainer: a run killed with SIGKILL after a checkpoint and resumed logs the
+same per-step losses as an uninterrupted run; a corrupt checkpoint is a clear error naming its path
+(nothing deleted); a non-finite loss stops the run naming the step and keeps the last good checkpoint.
+
+Training runs are subprocesses of `python -m trellis_jax.train` sharing a persistent compilation cache."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from trellis_jax.training.checkpoint import CheckpointError, Checkpointer
+from trellis_jax.training.logger import read_step_losses
+
+REPO = Path(__file__).resolve().parents[1]
+TOTAL, EVERY = 40, 10
+ARGS = ["--config", "experiments/train/ss_flow.py:tiny", "--config.model.args.model_channels=32",
+        "--config.model.args.num_blocks=1", f"--config.total_steps={TOTAL}", f"--config.ckpt_every={EVERY}"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("jax_cache")
+    e = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as a user's run
+    e.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1", PYTHONPATH=str(REPO) + os.pathsep + e.get("PYTHONPATH", ""))
+    return e
+
+
+def _train(workdir, env, *extra, **kw):
+    cmd = [sys.executable, "-m", "trellis_jax.train", *ARGS, "--workdir", str(workdir), *extra]
+    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600, **kw)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, env):
+    wd = tmp_path_factory.mktemp("uninterrupted")
+    res = _train(wd, env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    losses = read_step_losses(wd)
+    assert sorted(losses) == list(range(TOTAL))
+    return losses
+
+
+def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tmp_path, env, reference):
+    wd = tmp_path / "run"
+    cmd = [sys.executable, "-m", "trellis_jax.train", *ARGS, "--workdir", str(wd)]
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            done = read_step_losses(wd) if (wd / "metrics.jsonl").exists() else {}
+            if (wd / "checkpoints" / str(EVERY)).is_dir() and done and max(done) >= EVERY + 3:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, f"run was not killed mid-way:\n{proc.stdout.read()[-3000:]}"
+    killed_at = max(read_step_losses(wd))
+    assert EVERY + 3 <= killed_at < TOTAL - 1
+
+    res = _train(wd, env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resumed from" in res.stdout + res.stderr
+    resumed = read_step_losses(wd)
+    assert sorted(resumed) == list(range(TOTAL))
+    assert resumed == reference  # bit-identical per-step losses
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path, env):
+    wd = tmp_path / "nan"
+    res = _train(wd, env, "--config.optimizer.lr=1e30", "--config.ckpt_every=1", "--config.total_steps=6")
+    assert res.returncode == 1
+    msg = res.stderr
+    assert "non-finite" in msg and "at step" in msg, msg[-3000:]
+    step = int(msg.split("at step ")[1].split()[0])
+    assert 1 <= step < 6
+    last = wd / "checkpoints" / str(step)
+    assert f"Last good checkpoint: {last}" in msg
+    assert not (wd / "checkpoints" / str(step + 1)).exists()
+    import orbax.checkpoint as ocp
+
+    restored = ocp.StandardCheckpointer().restore(last / "state")
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(restored["params"]))
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_deleted(tmp_path):
+    state = {"w": jnp.arange(1000, dtype=jnp.float32), "step": jnp.int32(3)}
+    ck = Checkpointer(tmp_path / "ck", keep=3, async_save=False)
+    ck.save(1, state, {"kind": "synthetic", "step": 1})
+    ck.save(2, state, {"kind": "synthetic", "step": 2})
+    ck.wait()
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    restored, data = ck.restore(2, abstract)
+    np.testing.assert_array_equal(restored["w"], state["w"])
+    assert data == {"kind": "synthetic", "step": 2}
+    for f in (tmp_path / "ck" / "2" / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    before = sorted(str(p) for p in (tmp_path / "ck").rglob("*"))
+    with pytest.raises(CheckpointError, match=str(tmp_path / "ck" / "2")):
+        ck.restore(2, abstract)
+    assert sorted(str(p) for p in (tmp_path / "ck").rglob("*")) == before
+    restored, _ = ck.restore(1, abstract)  # the earlier checkpoint is intact
+    np.testing.assert_array_equal(restored["w"], state["w"])
+    ck.close()
