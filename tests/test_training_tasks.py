@@ -22,9 +22,11 @@ def mesh():
     return sh.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
 
 
-@pytest.mark.parametrize("name", ["ss_flow", "slat_flow", "ss_vae"])
-def test_tiny_task_learns_a_fixed_batch(name, mesh):
-    cfg = apply_overrides(load_config(f"experiments/train/{name}.py:tiny"), SMALL[name] + ["ema.decay=0.5", "init_rng_impl=rbg"])
+@pytest.mark.parametrize("name,dtype", [("ss_flow", "float32"), ("slat_flow", "float32"), ("ss_vae", "float32"),
+                                        ("ss_flow", "bfloat16")])
+def test_tiny_task_learns_a_fixed_batch(name, dtype, mesh):
+    cfg = apply_overrides(load_config(f"experiments/train/{name}.py:tiny"),
+                          SMALL[name] + ["ema.decay=0.5", "init_rng_impl=rbg", f"compute_dtype={dtype}"])
     task = build_task(cfg)
     boxed = jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
     boxes = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
@@ -50,6 +52,7 @@ def test_tiny_task_learns_a_fixed_batch(name, mesh):
         losses.append(float(m["loss"]))
     after = float(eval_loss(state.params, batch))
     assert int(state.step) == STEPS
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))  # fp32 master weights
     assert after < 0.85 * before, (name, before, after, losses)
     # EMA (decay 0.5 here) sits between the initial and the current params, close to the current ones
     leaf = lambda t: np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])
