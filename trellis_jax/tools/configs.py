@@ -57,7 +57,8 @@ def _parse_value(text: str, current):
     import ast
 
     if isinstance(current, str):
-        return text
+        quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
+        return text[1:-1] if quoted else text
     if isinstance(current, bool) or text in ("True", "False", "true", "false"):
         if text.lower() in ("true", "1", "yes"):
             return True

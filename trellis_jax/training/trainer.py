@@ -65,8 +65,12 @@ def compile_train(cfg, task, mesh, rules):
     tx = make_optimizer(cfg)
     decay = float(cfg.ema.decay)
 
+    impl = cfg.get("init_rng_impl", "threefry2x32")
+
     def boxed_state(rng):
         k_init, k_train = jax.random.split(rng)
+        if impl != "threefry2x32":  # e.g. 'rbg': one RngBitGenerator op per tensor, far faster to compile on CPU
+            k_init = jax.random.wrap_key_data(jnp.concatenate([k_init, k_init[::-1] ^ jnp.uint32(0x9E3779B9)]), impl=impl)
         params = task.init_params(k_init)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                           ema_params=params, rng=k_train)
