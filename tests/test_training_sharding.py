@@ -1,4 +1,6 @@
 """Mesh construction, logical-axis rules, state/batch shardings on 8 simulated CPU devices."""
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -421,3 +423,34 @@ def test_checkpoint_from_2x2x2_restores_on_8x1x1_and_1x1x1_and_training_continue
         assert int(state.step) == 3 and float(m["finite"]) == 1.0
         _assert_equivalent(cont_ref, m_ref, [jax.device_get(state)], [jax.device_get(m)])
     ckpt.close()
+
+
+# ------------------------------------------------------------------------------------------------ TPU pod launch
+
+
+def test_tpu_pod_launch_command_and_its_mesh_example(tmp_path):
+    """The launch script runs the trainer on every worker with the overrides; its example mesh fits a
+    v5p-128 (64 chips) and the released G_L config's global batch."""
+    import subprocess
+    from pathlib import Path
+
+    from trellis_jax.tools.configs import apply_overrides
+
+    root = Path(__file__).resolve().parents[1]
+    fake = tmp_path / "gcloud"
+    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    overrides = ["--config.mesh.data=4", "--config.mesh.fsdp=16", "--config.mesh.tensor=1"]
+    out = subprocess.run(
+        ["bash", str(root / "experiments/launch/tpu_pod.sh"), "my-v5p-128", "us-east5-a",
+         "experiments/train/slat_flow.py:img_L", "gs://bucket/run", *overrides],
+        env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "REF": "abc123"},
+        capture_output=True, text=True, check=True, cwd=root).stdout
+    assert "--worker=all" in out and "git checkout -q abc123" in out
+    assert ("python -m trellis_jax.train --config experiments/train/slat_flow.py:img_L --workdir gs://bucket/run "
+            "--config.distributed=True " + " ".join(overrides)) in out
+    cfg = apply_overrides(load_config("experiments/train/slat_flow.py:img_L"),
+                          [o[len("--config."):] for o in overrides] + ["distributed=True"])
+    shape = sh.mesh_shape(cfg.mesh, 64)
+    assert shape == (4, 16, 1) and cfg.batch_size % (shape[0] * shape[1]) == 0
+    assert sh.rules_from_config(cfg) == sh.DEFAULT_RULES
