@@ -43,7 +43,8 @@ class Checkpointer:
         except Exception as e:  # orbax/tensorstore raise many types for unreadable files
             raise CheckpointError(
                 f"cannot restore the checkpoint {self.path(step)} ({type(e).__name__}: {str(e)[:500]}); it may be "
-                f"truncated or corrupt. Nothing was deleted: move that directory away to resume from an earlier "
+                f"truncated or corrupt, or written with a different model/optimizer config. "
+                f"Nothing was deleted: move that directory away to resume from an earlier "
                 f"step ({[s for s in self.all_steps() if s != step] or 'none'}) or pass a fresh --workdir") from e
         return out.state, out.data
 
