@@ -159,3 +159,15 @@ def test_config_overrides_parse_and_unknown_keys_are_named():
     with pytest.raises(ValueError, match="dotted.key=value"):
         apply_overrides(cfg, ["total_steps"])
     assert isinstance(cfg, ml_collections.ConfigDict)
+
+
+def test_train_cli_rejects_unknown_keys_naming_them(capsys, tmp_path):
+    from trellis_jax import train
+
+    assert train.main(["--config", "experiments/train/ss_flow.py:tiny", "--workdir", str(tmp_path),
+                       "--config.model.args.widht=3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'model.args.widht'" in err and "model_channels" in err
+    assert train.main(["--config", "experiments/train/ss_flow.py:nope", "--workdir", str(tmp_path)]) == 2
+    assert "unknown ss_flow training variant 'nope'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing started

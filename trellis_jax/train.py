@@ -35,7 +35,11 @@ def main(argv=None) -> int:
     from trellis_jax.tools.configs import apply_overrides, load_config
 
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    cfg = apply_overrides(load_config(args.config), overrides)
+    try:
+        cfg = apply_overrides(load_config(args.config), overrides)
+    except (KeyError, ValueError, FileNotFoundError) as e:  # unknown variant / key, bad value, missing file
+        print(f"train: config error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr, flush=True)
+        return 2
     from trellis_jax.training.checkpoint import CheckpointError
     from trellis_jax.training.trainer import NonFiniteError, run
 
