@@ -152,7 +152,34 @@ def run(cfg, workdir: str | Path, log=print) -> dict:
         log(f"train: step compiled in {compile_s:.1f}s")
 
         losses: dict[int, float] = {}
-        window_t, window_steps, window_tokens = time.perf_counter(), 0, 0
+        window = {"t": time.perf_counter(), "steps": 0, "tokens": 0}
+
+        def finish(s: int, metrics, tokens: int) -> None:
+            """Host side of step s (blocks on its metrics): NaN check, per-step record, periodic scalars."""
+            m = jax.device_get(metrics)
+            if not m["finite"]:
+                ckpt.wait()
+                good = ckpt.latest_step()
+                raise NonFiniteError(
+                    f"non-finite {'loss' if not np.isfinite(m['loss']) else 'gradient'} at step {s} "
+                    f"(loss={m['loss']}, grad_norm={m['grad_norm']}); stopped, its update was not applied. Last good "
+                    f"checkpoint: {ckpt.path(good) if good is not None else 'none (no checkpoint written yet)'}")
+            m.pop("finite")
+            losses[s] = float(m["loss"])
+            logger.record(s, m)
+            window["steps"] += 1
+            window["tokens"] += tokens
+            if (s + 1) % int(cfg.log_every) == 0 or s + 1 == total:
+                dt = max(time.perf_counter() - window["t"], 1e-9)
+                logger.scalars(s, {**m, "lr": float(schedule(s))})
+                logger.scalars(s, {"steps_per_sec": window["steps"] / dt, "tokens_per_sec": window["tokens"] / dt}, prefix="perf")
+                logger.flush()
+                window.update(t=time.perf_counter(), steps=0, tokens=0)
+
+        # One step stays in flight: step s is dispatched before step s-1's metrics are read, so the next
+        # batch is prepared while the device computes. Before a checkpoint the step is finished first
+        # (the saved state must be known finite; the state buffers are donated to the next step).
+        pending = None
         last_saved = start
         for s in range(start, total):
             if s > start:
@@ -160,26 +187,12 @@ def run(cfg, workdir: str | Path, log=print) -> dict:
                 batch = sh.shard_batch(host_batch, mesh)
             tokens = task.tokens_per_batch(host_batch) * jax.process_count()
             state, metrics = compiled(state, batch)
-            m = jax.device_get(metrics)
-            if not m["finite"]:
-                ckpt.wait()
-                good = ckpt.latest_step()
-                raise NonFiniteError(
-                    f"non-finite {'loss' if not np.isfinite(m['loss']) else 'gradient'} at step {s} "
-                    f"(loss={m['loss']}, grad_norm={m['grad_norm']}); stopped without applying it. Last good "
-                    f"checkpoint: {ckpt.path(good) if good is not None else 'none (no checkpoint written yet)'}")
-            m.pop("finite")
-            losses[s] = float(m["loss"])
-            logger.record(s, m)
-            window_steps += 1
-            window_tokens += tokens
-            if (s + 1) % int(cfg.log_every) == 0 or s + 1 == total:
-                dt = max(time.perf_counter() - window_t, 1e-9)
-                logger.scalars(s, {**m, "lr": float(schedule(s))})
-                logger.scalars(s, {"steps_per_sec": window_steps / dt, "tokens_per_sec": window_tokens / dt}, prefix="perf")
-                logger.flush()
-                window_t, window_steps, window_tokens = time.perf_counter(), 0, 0
+            if pending is not None:
+                finish(*pending)
+            pending = (s, metrics, tokens)
             if (s + 1) % int(cfg.ckpt_every) == 0 or s + 1 == total:
+                finish(*pending)
+                pending = None
                 ckpt.save(s + 1, state, batches.get_state())
                 last_saved = s + 1
         ckpt.wait()
