@@ -59,3 +59,15 @@ def test_tiny_task_learns_a_fixed_batch(name, dtype, mesh):
     p, e, p0 = leaf(state.params), leaf(state.ema_params), leaf(init_params)
     assert np.linalg.norm(e - p) < np.linalg.norm(p0 - p)
     assert not np.allclose(e, p)
+
+
+@pytest.mark.parametrize("spec,count", [("ss_flow.py:img_L", 559_737_864), ("slat_flow.py:img_L", 600_432_520),
+                                        ("slat_flow.py:txt_XL", 1_073_414_408)])
+def test_released_training_configs_build_the_released_models(spec, count):
+    """Released-size training configs wire the released model args (shapes only; condition tokens synthetic)."""
+    cfg = apply_overrides(load_config(f"experiments/train/{spec}"), ["cond.kind=random", "cond.tokens=2"])
+    assert cfg.compute_dtype == "bfloat16" and cfg.data.kind == "grain" and cfg.p_uncond == 0.1
+    assert cfg.optimizer.lr == 1e-4 and cfg.ema.decay == 0.9999 and cfg.optimizer.clip.kind == "adaptive"
+    task = build_task(cfg)
+    shapes = jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
+    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.meta.unbox(shapes))) == count

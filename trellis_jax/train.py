@@ -12,7 +12,9 @@ import sys
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="trellis-jax train", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="trellis-jax train", description=__doc__.splitlines()[0],
+                                 epilog="Any config key can be overridden: --config.optimizer.lr=3e-4 --config.total_steps=200 "
+                                        "(unknown keys are an error naming them).")
     ap.add_argument("--config", required=True, help="experiments/train/<file>.py:<variant>")
     ap.add_argument("--workdir", required=True)
     args, rest = ap.parse_known_args(argv)
