@@ -79,3 +79,22 @@ def test_grain_flow_run_with_frozen_text_encoder(latent_dataset, tmp_path):
     data_state = json.loads((tmp_path / "checkpoints" / "3" / "data" / "metadata").read_text())
     assert data_state["kind"] == "grain" and data_state["state"]
     ck.close()
+
+
+def test_grain_slat_flow_batches_are_padded_masked_and_normalised(latent_dataset):
+    cfg = apply_overrides(load_config("experiments/train/slat_flow.py:tiny"), [
+        f"data.path={latent_dataset}", "data.kind=grain", "data.capacity=64", "cond.kind=text", "cond.arch=tiny",
+        "model.args.cond_channels=64", "batch_size=2"])
+    cfg.slat_normalization.mean = [1.0] * 8
+    cfg.slat_normalization.std = [2.0] * 8
+    task = build_task(cfg)
+    batch = next(make_batches(cfg, task))
+    assert batch["coords"].shape == (2, 64, 3) and batch["feats"].shape == (2, 64, 8) and batch["mask"].shape == (2, 64)
+    assert batch["cond"].shape == (2, 77, 64) and batch["cond"].dtype == np.float32
+    records = [rec for _, rec in shards.read_dataset(latent_dataset)]
+    for b in range(2):
+        n = int(batch["mask"][b].sum())
+        assert batch["mask"][b, :n].all() and not batch["mask"][b, n:].any()
+        rec = next(r for r in records if len(r["coords"]) == n and np.array_equal(r["coords"], batch["coords"][b, :n]))
+        np.testing.assert_allclose(batch["feats"][b, :n], (rec["slat"] - 1.0) / 2.0, rtol=1e-6)
+        assert not batch["feats"][b, n:].any()
