@@ -3,7 +3,7 @@
     tx = make_optimizer(cfg)              # optax.GradientTransformation, state is a pure pytree
     ema = ema_update(ema, params, decay)  # EMA of the fp32 master params
 
-Adaptive clipping keeps a ring buffer of the last `buffer_size` finite global grad norms in the
+Adaptive clipping (reference `AdaptiveGradClipper`) keeps a ring buffer of the last `buffer_size` finite global grad norms in the
 optimizer state (so it shards and checkpoints with it). Each step clips to the current threshold,
 then records the step's norm (if finite): threshold = max_norm until the buffer is full, afterwards
 min(max_norm, percentile(buffer, p)) — p = 95, buffer 1000, max_norm 1.0 in every released config.
@@ -46,7 +46,7 @@ def adaptive_clip(max_norm: float = 1.0, percentile: float = 95.0, buffer_size: 
         del params
         norm = optax.global_norm(updates).astype(jnp.float32)
         thr = clip_threshold(state, max_norm, percentile)
-        scale = jnp.where(norm > thr, thr / jnp.maximum(norm, 1e-30), 1.0)
+        scale = jnp.minimum(1.0, thr / (norm + 1e-6))  # torch clip_grad_norm_'s coefficient
         updates = jax.tree.map(lambda g: (g * scale).astype(g.dtype), updates)
         finite = jnp.isfinite(norm)
         norms = jnp.where(finite, state.norms.at[state.ptr].set(norm), state.norms)
@@ -71,7 +71,7 @@ def global_clip(max_norm: float | None) -> optax.GradientTransformation:
     def update(updates, state, params=None):
         norm = optax.global_norm(updates).astype(jnp.float32)
         if max_norm is not None:
-            scale = jnp.where(norm > max_norm, max_norm / jnp.maximum(norm, 1e-30), 1.0)
+            scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))
             updates = jax.tree.map(lambda g: (g * scale).astype(g.dtype), updates)
         return updates, GlobalClipState(state.threshold, norm)
 
