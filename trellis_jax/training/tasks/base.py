@@ -72,8 +72,10 @@ class Condition:
             self.negative = np.asarray(self.encoder.negative(1), np.float32)
         else:
             self.negative = np.zeros((1, tokens, hidden), np.float32)
-        basis_rng = np.random.default_rng(int(cfg.data.synthetic_seed) + 1)
-        self._basis = basis_rng.standard_normal((code_dim, tokens, hidden)).astype(np.float32) / np.sqrt(code_dim)
+        self._basis = None
+        if self.kind == "random":
+            basis_rng = np.random.default_rng(int(cfg.data.synthetic_seed) + 1)
+            self._basis = basis_rng.standard_normal((code_dim, tokens, hidden)).astype(np.float32) / np.sqrt(code_dim)
         if self.encoder is not None:
             self.description = self.encoder.description
         else:
@@ -81,6 +83,8 @@ class Condition:
 
     def synthetic(self, code: np.ndarray) -> np.ndarray:
         """code [B, k] -> tokens [B, Lc, Cc] (a fixed linear map of the sample's code)."""
+        if self._basis is None:
+            raise ValueError(f"synthetic data needs cond.kind='random' (the config has {self.kind!r})")
         return np.einsum("bk,kld->bld", code, self._basis).astype(np.float32)
 
     def encode(self, batch: dict) -> np.ndarray:
