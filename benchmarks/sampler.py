@@ -5,6 +5,8 @@
 Uses a tiny random-weight pipeline (the `write_random_pipeline` config: 8³×8 SS latent, 32³ voxels,
 width-64 two-block flows) with the pipeline.json sampler settings (CFG 3, interval [0.5, 1],
 rescale_t 3). Compile time is reported separately; sampling time is the median of `repeats` calls.
+`stage-2 rows` is the row count G_L and the decoder ran at (the smallest capacity/2^k holding the
+batch's largest voxel count, see `TrellisPipeline.stage2_sizes`).
 Last line: `sampler: per_asset_b8_over_b1=<r>` (target r <= 0.5).
 """
 import argparse
@@ -27,7 +29,7 @@ def main():
 
     weights = write_random_pipeline(Path(tempfile.mkdtemp()) / "tiny", steps=args.steps)
     per_asset = {}
-    print(f"{'batch':>5} {'compile s':>10} {'call s':>8} {'per asset s':>12}  voxels/asset")
+    print(f"{'batch':>5} {'compile s':>10} {'call s':>8} {'per asset s':>12} {'stage-2 rows':>13}  voxels/asset")
     for batch in (1, 4, 8):
         pipe, cond_model, _ = load_generator(weights, capacity=args.capacity)  # fresh jit cache per batch size
         rng = np.random.default_rng(0)
@@ -46,7 +48,7 @@ def main():
             times.append(time.perf_counter() - t0)
         call = float(np.median(times))
         per_asset[batch] = call / batch
-        print(f"{batch:>5} {max(first - call, 0):>10.1f} {call:>8.2f} {call / batch:>12.3f}  {np.asarray(out['num_voxels']).tolist()}")
+        print(f"{batch:>5} {max(first - call, 0):>10.1f} {call:>8.2f} {call / batch:>12.3f} {int(out['stage2_rows']):>13}  {np.asarray(out['num_voxels']).tolist()}")
     print(f"sampler: per_asset_b8_over_b1={per_asset[8] / per_asset[1]:.3f}")
 
 

@@ -8,7 +8,7 @@ import pytest
 from trellis_jax.models.registry import dummy_inputs
 from trellis_jax.sampling.editing import Editor, RePaintConfig, repaint_schedule
 from trellis_jax.sampling.euler import SamplerConfig, guided_steps, num_evaluations, renoise, sample_euler, timesteps
-from trellis_jax.sampling.pipeline import EmptyStructureError, TrellisPipeline, occupancy_to_coords
+from trellis_jax.sampling.pipeline import EmptyStructureError, TrellisPipeline, occupancy_to_coords, pad_rows, stage2_size_index
 from trellis_jax.sparse.tensor import CapacityError
 from trellis_jax.tools.configs import load_config, model_from_config
 
@@ -112,7 +112,8 @@ def pipe():
         "slat_flow_model": _tiny("experiments/models/slat_flow.py:tiny", 1, resolution=32),
         "slat_decoder_gs": _tiny("experiments/models/slat_vae.py:tiny_dec_gs", 2, resolution=32),
     }
-    return TrellisPipeline(models, SamplerConfig(steps=2, cfg_strength=3.0), SamplerConfig(steps=2, cfg_strength=3.0), capacity=1024)
+    return TrellisPipeline(models, SamplerConfig(steps=2, cfg_strength=3.0), SamplerConfig(steps=2, cfg_strength=3.0), capacity=1024,
+                           num_stage2_sizes=2)  # stage 2 compiled for 512 and 1024 rows
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +136,32 @@ def test_pipeline_samples_a_batch_reproducibly_in_one_call(pipe, sampled):
     # same seed -> same sample, independent of batch position
     again = pipe.sample(cond[::-1], jnp.zeros_like(cond), [12, 11])
     np.testing.assert_array_equal(np.asarray(again["latents"][1]), lat[0])
+
+
+def test_stage2_runs_at_the_smallest_size_holding_the_batch(pipe, sampled):
+    """Stage 2 + decoder run on the first `stage2_rows` rows only (chosen from the sampled voxel
+    counts) and give the same sample as running them on the whole capacity."""
+    assert pipe.stage2_sizes() == (512, 1024)
+    assert TrellisPipeline(pipe.models, capacity=1024).stage2_sizes() == (256, 512, 1024)
+    assert TrellisPipeline(pipe.models, capacity=1000, num_stage2_sizes=3, min_stage2_size=300).stage2_sizes() == (500, 1000)
+    assert TrellisPipeline(pipe.models, capacity=1024, num_stage2_sizes=1).stage2_sizes() == (1024,)
+    assert [int(stage2_size_index((256, 512, 1024), jnp.int32(n))) for n in (1, 256, 257, 1024, 5000)] == [0, 0, 1, 2, 2]
+    padded = pad_rows({"a": jnp.ones((2, 3)), "g": jnp.ones((2, 12, 3))}, 3, 5)
+    assert padded["a"].shape == (2, 5) and padded["g"].shape == (2, 20, 3) and float(padded["g"][:, 12:].sum()) == 0
+    cond, ref = sampled  # capacity 1024; these shells have 512 < n <= 1024 voxels: ran on all 1024 rows
+    n = np.asarray(ref["num_voxels"])
+    assert int(ref["stage2_rows"]) == 1024 and 512 < n.max() <= 1024
+    big = TrellisPipeline(pipe.models, pipe.ss_sampler, pipe.slat_sampler, capacity=2048, min_stage2_size=1024)
+    out = big.sample(cond, jnp.zeros_like(cond), [11, 12])
+    assert big.stage2_sizes() == (1024, 2048) and int(out["stage2_rows"]) == 1024
+    np.testing.assert_array_equal(np.asarray(out["num_voxels"]), n)
+    assert out["latents"].shape == (2, 2048, 8) and out["gaussian"].xyz.shape == (2, 2048 * 4, 3)
+    assert not np.asarray(out["latents"])[:, 1024:].any() and not np.asarray(out["gaussian"].mask)[:, 1024 * 4:].any()
+    for key in ("coords", "mask", "latents"):
+        np.testing.assert_allclose(np.asarray(out[key])[:, :1024], np.asarray(ref[key]), atol=2e-5)
+    m = np.asarray(ref["gaussian"].mask)
+    np.testing.assert_array_equal(np.asarray(out["gaussian"].mask)[:, :4096], m)
+    np.testing.assert_allclose(np.asarray(out["gaussian"].xyz)[:, :4096][m], np.asarray(ref["gaussian"].xyz)[m], atol=2e-5)
 
 
 def test_overflow_and_empty_structures_are_reported(pipe, sampled):

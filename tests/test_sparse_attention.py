@@ -172,3 +172,27 @@ def test_key_padding_mask_alone():
         out = np.asarray(out)
         np.testing.assert_allclose(out[0], ref.attention(q[0], k[0, :3], v[0, :3]), atol=2e-5, rtol=1e-4)
         np.testing.assert_allclose(out[1], ref.attention(q[1], k[1], v[1]), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("chunk, key_block", [(16, 32), (128, 256)])
+def test_extent_limited_full_attention_matches_dense_values_and_gradients(chunk, key_block):
+    """Rows past the batch's last valid row are skipped; holes, an empty sample and an extent that
+    ends inside a block still give dense masked attention's values and gradients."""
+    from trellis_jax.sparse.attention import extent_limited_attention
+
+    rng = np.random.default_rng(11)
+    B, L = 3, 200
+    q, k, v = (jnp.asarray(rng.standard_normal((B, L, H, D)), jnp.float32) for _ in range(3))
+    n = np.array([77, 0, 40])
+    seg = np.where(np.arange(L)[None] < n[:, None], 0, -1).astype(np.int32)
+    seg[0, 10:14] = -1  # a hole
+    seg[2, 5:9] = 2  # a second group
+    seg = jnp.asarray(seg)
+    ct = jnp.asarray(rng.standard_normal((B, L, H, D)), jnp.float32)
+    ext = jax.jit(lambda q, k, v: extent_limited_attention(q, k, v, seg, chunk, key_block))
+    dense = jax.jit(lambda q, k, v: dense_attention(q, k, v, seg, seg))
+    np.testing.assert_allclose(np.asarray(ext(q, k, v)), np.asarray(dense(q, k, v)), atol=2e-6)
+    assert not np.asarray(ext(q, k, v))[np.asarray(seg) < 0].any()
+    loss = lambda f: jax.jit(jax.grad(lambda *x: jnp.sum(f(*x) * ct), argnums=(0, 1, 2)))
+    for a, b in zip(loss(ext)(q, k, v), loss(dense)(q, k, v)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)

@@ -4,9 +4,16 @@
     static capacity (row-major (x, y, z) order, as argwhere) → G_L (sparse flow on those voxels)
     → de-normalise with the SLAT mean/std → decoder heads (Gaussians by default).
 
-Every sample draws its noise from its own seed, so a sample does not depend on its batch position or
-on the batch size. Capacity overflow and empty structures are reported on the host (never silently
-truncated).
+Stage 2 and the decoders run at the smallest *stage-2 size* (`stage2_sizes()`, the capacity divided
+by 1, 2, 4 (`num_stage2_sizes`), at least `min_stage2_size`) that holds the largest occupied-voxel count of the batch,
+chosen on device by `lax.switch`; their outputs are zero-padded back to the capacity. The sampled
+occupancy thus decides the work: a 4 %-occupied 32³ grid runs its sparse flow on ~1.3K rows, not on
+a padded capacity of 4K (full attention on padding costs quadratically). Each size is compiled once.
+
+Every sample draws its noise from its own seed (stage-2 noise is drawn at the full capacity and cut
+to the stage-2 size), so a sample does not depend on its batch position or on the batch size (up to
+float rounding where two batches select different stage-2 sizes). Capacity overflow and empty
+structures are reported on the host (never silently truncated).
 """
 from __future__ import annotations
 
@@ -48,6 +55,24 @@ def occupancy_to_coords(occupied: jax.Array, capacity: int):
     return jax.vmap(one)(occupied)
 
 
+def pad_rows(tree, rows: int, capacity: int):
+    """Zero-pad axis 1 of every array leaf of `tree` from k·rows to k·capacity (k = leaf rows / rows:
+    1 for per-voxel arrays, G for G Gaussians per voxel). Padding rows are zero / False, as the
+    SparseTensor invariant wants."""
+    def pad(a):
+        if a.ndim < 2 or a.shape[1] % rows:
+            raise ValueError(f"leaf of shape {a.shape} is not per-voxel over {rows} rows")
+        k = a.shape[1] // rows
+        return jnp.pad(a, [(0, 0), (0, k * (capacity - rows))] + [(0, 0)] * (a.ndim - 2))
+
+    return tree if rows == capacity else jax.tree.map(pad, tree)
+
+
+def stage2_size_index(sizes: Sequence[int], max_count: jax.Array) -> jax.Array:
+    """Index of the smallest of the ascending `sizes` that holds `max_count` rows (the last one if none)."""
+    return jnp.minimum(jnp.searchsorted(jnp.asarray(sizes, jnp.int32), max_count, side="left"), len(sizes) - 1)
+
+
 def seed_keys(seeds: jax.Array) -> jax.Array:
     """Per-sample PRNG keys from integer seeds [B]."""
     return jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, jnp.uint32))
@@ -68,6 +93,10 @@ class TrellisPipeline:
     slat_std: Sequence[float] = SLAT_STD
     capacity: int = 32768
     formats: tuple[str, ...] = ("gaussian",)
+    # Stage 2 runs at the smallest of capacity/2^k (k < num_stage2_sizes, each >= min_stage2_size)
+    # holding the batch's largest voxel count; 1 = always at the full capacity (one compile).
+    num_stage2_sizes: int = 3
+    min_stage2_size: int = 256
 
     @classmethod
     def from_checkpoint(cls, loaded: dict, capacity: int = 32768, formats=("gaussian",), **sampler_overrides) -> "TrellisPipeline":
@@ -103,12 +132,23 @@ class TrellisPipeline:
         logits = self._module("sparse_structure_decoder").apply(params["sparse_structure_decoder"], z)
         return z, logits
 
-    def sample_latents(self, params, coords, mask, cond, neg_cond, keys, multi_image=False, resolution=64, known=None):
-        """Stage 2 on given voxels: -> normalised latents [B, L, 8]."""
+    def stage2_sizes(self) -> tuple[int, ...]:
+        """Ascending row counts stage 2 may run at: capacity/2^k >= min_stage2_size, always incl. capacity."""
+        sizes = {self.capacity}
+        for k in range(1, max(self.num_stage2_sizes, 1)):
+            if self.capacity % 2**k == 0 and self.capacity // 2**k >= self.min_stage2_size:
+                sizes.add(self.capacity // 2**k)
+        return tuple(sorted(sizes))
+
+    def sample_latents(self, params, coords, mask, cond, neg_cond, keys, multi_image=False, resolution=64, known=None,
+                       noise_rows=None):
+        """Stage 2 on given voxels: -> normalised latents [B, L, 8]. The noise is drawn as [noise_rows, 8]
+        (default L) per sample and its first L rows used, so a sample's noise does not depend on L."""
         flow = self._module("slat_flow_model")
         B, L, _ = coords.shape
-        noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 2), (L, flow.in_channels)))(keys)
-        noise = masked(noise, mask)
+        rows = max(noise_rows or L, L)
+        noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 2), (rows, flow.in_channels)))(keys)
+        noise = masked(noise[:, :L], mask)
 
         def vel(x, t, c):
             n = x.shape[0] // B
@@ -139,9 +179,20 @@ class TrellisPipeline:
             ss_latent, logits = self.sample_structure(params, cond, neg_cond, keys, multi_image)
             coords, mask, counts = occupancy_to_coords(logits[..., 0] > 0, self.capacity)
             res = logits.shape[1]
-            latents = self.denormalize(self.sample_latents(params, coords, mask, cond, neg_cond, keys, multi_image, res), mask)
+
+            def stage2(rows):  # G_L + decoders on the first `rows` rows (all valid rows when selected)
+                def run_at(coords, mask):
+                    c, m = coords[:, :rows], mask[:, :rows]
+                    lat = self.sample_latents(params, c, m, cond, neg_cond, keys, multi_image, res, noise_rows=self.capacity)
+                    lat = self.denormalize(lat, m)
+                    return pad_rows({"latents": lat, **self.decode(params, c, m, lat, res)}, rows, self.capacity)
+                return run_at
+
+            sizes = self.stage2_sizes()
+            index = stage2_size_index(sizes, jnp.max(counts))
+            out = jax.lax.switch(index, [stage2(r) for r in sizes], coords, mask)
             return {"ss_latent": ss_latent, "coords": coords, "mask": mask, "num_voxels": counts,
-                    "latents": latents, **self.decode(params, coords, mask, latents, res)}
+                    "stage2_rows": jnp.asarray(sizes, jnp.int32)[index], **out}
 
         return jax.jit(run, static_argnums=(4,))
 

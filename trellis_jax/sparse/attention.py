@@ -3,7 +3,9 @@
 One API, two implementations:
 
 * `impl="xla"`: pure JAX. Full attention is masked attention over each sample, computed a chunk
-  of queries at a time (rematerialised in the backward pass: memory O(chunk·L), not O(L²)).
+  of queries at a time against blocks of keys with an online softmax (rematerialised in the backward
+  pass: memory O(chunk·L), not O(L²)); chunks and blocks past the batch's last valid row are skipped,
+  so a set with n of L rows valid costs O(n²), not O(L²).
   Window attention sorts the tokens of each sample by window, cuts the sorted sequence into
   blocks of `block_size`, and lets every query block attend only to the 2r+1 key blocks around it
   (r = ⌈(max_window−1)/block⌉, the farthest a same-window token can be), masked by window id.
@@ -224,6 +226,60 @@ def query_chunked_attention(q, k, v, q_segments=None, kv_segments=None, chunk_si
     return jnp.moveaxis(out, 0, 1).reshape(B, n * chunk_size, H, D)[:, :Lq]
 
 
+def extent_limited_attention(q, k, v, segment_ids, chunk_size=128, key_block=256, scale=None):
+    """Self-attention among tokens of equal segment id (q/k/v [B, L, H, D], segment_ids [B, L], -1 =
+    padding) that computes nothing past the batch's *extent*: the last valid row + 1, over the batch.
+
+    Padded voxel sets keep their valid rows as a prefix, so a sample with n of L rows valid has
+    extent n (any mask is handled correctly; holes are just not skipped). Query chunks and key
+    blocks at or past the extent are skipped with `lax.cond` (a real branch: the predicate is a
+    batch-wide scalar), so full attention costs O(extent²) instead of O(L²); key blocks are folded
+    in with an online (flash) softmax. Differentiable (cond and scan),
+    each query chunk rematerialised in the backward pass like `query_chunked_attention`.
+    """
+    B, L, H, D = q.shape
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    cq, ck = min(chunk_size, L), min(key_block, L)
+    nq, nk = -(-L // cq), -(-L // ck)
+    valid = segment_ids >= 0
+    extent = jnp.max(jnp.where(valid, jnp.arange(1, L + 1, dtype=jnp.int32), 0))  # scalar
+    q, k, v = (_zero_padding(t, segment_ids) for t in (q, k, v))
+    qc = jnp.moveaxis(_pad_blocks(q, nq, cq, 0), 1, 0)  # [nq, B, cq, H, D]
+    sqc = jnp.moveaxis(_pad_blocks(segment_ids, nq, cq, -1), 1, 0)  # [nq, B, cq]
+    kb, vb = (jnp.moveaxis(_pad_blocks(t, nk, ck, 0), 1, 0) for t in (k, v))  # [nk, B, ck, H, D]
+    skb = jnp.moveaxis(_pad_blocks(segment_ids, nk, ck, -1), 1, 0)  # [nk, B, ck]
+
+    def attend(q_i, s_i):
+        def key_step(carry, j):
+            def update(carry):
+                m, l, acc = carry
+                s_j = jax.lax.dynamic_index_in_dim(skb, j, keepdims=False)
+                k_j, v_j = (jax.lax.dynamic_index_in_dim(t, j, keepdims=False) for t in (kb, vb))
+                allowed = ((s_i[:, :, None] == s_j[:, None, :]) & (s_i[:, :, None] >= 0))[:, None]  # [B, 1, cq, ck]
+                logits = jnp.einsum("bqhd,bkhd->bhqk", q_i, k_j, preferred_element_type=jnp.float32) * scale
+                logits = jnp.where(allowed, logits, _NEG)
+                m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
+                p = jnp.where(allowed, jnp.exp(logits - m_new[..., None]), 0.0)
+                corr = jnp.exp(m - m_new)
+                pv = jnp.einsum("bhqk,bkhd->bhqd", p.astype(v_j.dtype), v_j, preferred_element_type=jnp.float32)
+                return m_new, l * corr + jnp.sum(p, axis=-1), acc * corr[..., None] + pv
+
+            return jax.lax.cond(j * ck < extent, update, lambda c: c, carry), None
+
+        init = (jnp.full((B, H, cq), _NEG, jnp.float32), jnp.zeros((B, H, cq), jnp.float32), jnp.zeros((B, H, cq, D), jnp.float32))
+        (_, l, acc), _ = jax.lax.scan(key_step, init, jnp.arange(nk))
+        out = acc / jnp.maximum(l, 1e-30)[..., None]  # no allowed key (padding query): l = 0, acc = 0 -> 0
+        return jnp.swapaxes(out, 1, 2).astype(q_i.dtype)  # [B, cq, H, D]
+
+    @jax.checkpoint
+    def one_chunk(args):
+        i, q_i, s_i = args
+        return jax.lax.cond(i * cq < extent, attend, lambda q_i, s_i: jnp.zeros_like(q_i), q_i, s_i)
+
+    out = jax.lax.map(one_chunk, (jnp.arange(nq), qc, sqc))  # [nq, B, cq, H, D]
+    return jnp.moveaxis(out, 0, 1).reshape(B, nq * cq, H, D)[:, :L]
+
+
 def _take_rows(x, index):
     return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
 
@@ -232,11 +288,12 @@ def sparse_self_attention(q, k, v, layout: AttentionLayout, *, impl: str = "xla"
     """Self-attention of padded voxel tokens q/k/v [B, L, H, D] grouped by `layout` -> [B, L, H, D].
 
     Padding rows (segment -1) neither attend nor are attended to; their output is 0. In the XLA
-    path `block_size` is the query chunk of full attention and the block of window attention.
+    path `block_size` is the key block (half of it the query chunk) of full attention and the block
+    of window attention.
     """
     if impl == "xla":
-        if layout.kind == "full":
-            return query_chunked_attention(q, k, v, layout.segment_ids, layout.segment_ids, block_size)
+        if layout.kind == "full":  # 128 x 256 logit tiles: per-step logits stay cache-sized at batch 16
+            return extent_limited_attention(q, k, v, layout.segment_ids, max(block_size // 2, 1), block_size)
         qs, ks, vs = (_take_rows(t, layout.perm) for t in (q, k, v))
         out = blocked_segment_attention(qs, ks, vs, layout.segment_ids, layout.max_group, block_size)
         return _take_rows(out, layout.inv_perm)
