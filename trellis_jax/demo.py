@@ -122,7 +122,7 @@ def run(cfg) -> dict:
     cap = max(buckets)
     M = cfg.models
     loader = lambda stage, **kw: iter(make_loader(str(kw.pop("root", data / "train")), stage, batch_size=kw.pop("bs", B),
-                                                  buckets=(cap,), max_voxels=cap, resolution=R, shuffle=True, seed=cfg.seed,
+                                                  buckets=kw.pop("buckets", (cap,)), max_voxels=cap, resolution=R, shuffle=True, seed=cfg.seed,
                                                   shard_index=0, shard_count=1, **kw))
 
     # 2a. SS VAE ------------------------------------------------------------------------------
@@ -201,7 +201,7 @@ def run(cfg) -> dict:
         gl_params, summary[f"slat_flow_{kind}"] = fit(
             f"slat_flow_{kind}", gl_loss, gl_params,
             (prep(b) for b in loader("slat_flow", root=data / "train_latents", cond=kind, cond_image_size=image_cond.image_size,
-                                     slat_normalization=(slat_mean, slat_std))),
+                                     slat_normalization=(slat_mean, slat_std), bs=cfg.slat_flow_batch_size, buckets=buckets)),
             cfg.steps.slat_flow, cfg.lr, cfg.seed, out / "logs")
 
         # 4. save as an official-format pipeline directory ------------------------------------
