@@ -266,7 +266,10 @@ def extent_limited_attention(q, k, v, segment_ids, chunk_size=128, key_block=256
 
             return jax.lax.cond(j * ck < extent, update, lambda c: c, carry), None
 
-        init = (jnp.full((B, H, cq), _NEG, jnp.float32), jnp.zeros((B, H, cq), jnp.float32), jnp.zeros((B, H, cq, D), jnp.float32))
+        # Built from q_i so the carry has q_i's sharding (under explicit sharding both cond branches
+        # must agree on it, and the update branch inherits it from q_i).
+        acc0 = jnp.zeros_like(jnp.swapaxes(q_i, 1, 2), jnp.float32)  # [B, H, cq, D]
+        init = (jnp.full_like(acc0[..., 0], _NEG), jnp.zeros_like(acc0[..., 0]), acc0)
         (_, l, acc), _ = jax.lax.scan(key_step, init, jnp.arange(nk))
         out = acc / jnp.maximum(l, 1e-30)[..., None]  # no allowed key (padding query): l = 0, acc = 0 -> 0
         return jnp.swapaxes(out, 1, 2).astype(q_i.dtype)  # [B, cq, H, D]
