@@ -18,6 +18,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from trellis_jax.models.registry import build_model, dummy_inputs
+from trellis_jax.training.objective import flow_loss
+
 
 def np_rng(rng) -> np.random.Generator:
     """numpy Generator from an int seed or a JAX PRNG key (raw uint32 or typed)."""
@@ -134,3 +137,26 @@ class Task:
     def prepare(self, batch: dict) -> dict[str, np.ndarray]:
         """Host-side conversion of a grain batch into the loss's inputs (identity by default)."""
         return batch
+
+
+CODE_DIM = 4  # rank of the synthetic data family (see the module docstring)
+
+
+class FlowTask(Task):
+    """What the two rectified-flow stages share: the velocity model built from cfg.model (compute
+    dtype from the config), its condition, and the objective with the config's p_uncond / t_mean / t_std."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        args = cfg.model.args.to_dict()
+        self.model = build_model(cfg.model.class_name, args, dtype=compute_dtype(cfg))
+        self.resolution, self.channels = int(args["resolution"]), int(args["in_channels"])
+        self.cond = Condition(cfg, int(args["cond_channels"]), CODE_DIM)
+
+    def init_params(self, rng):
+        return self.model.init(rng, *dummy_inputs(self.model))
+
+    def flow_loss(self, velocity_fn, x0, cond, rng, mask=None):
+        c = self.cfg
+        return flow_loss(velocity_fn, x0, cond, self.cond.negative, rng, mask=mask, p_uncond=float(c.p_uncond),
+                         t_mean=float(c.t_mean), t_std=float(c.t_std))

@@ -9,40 +9,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from trellis_jax.models.registry import build_model, dummy_inputs
 from trellis_jax.sparse.tensor import SparseTensor
-from trellis_jax.training.objective import flow_loss
-from trellis_jax.training.tasks.base import Condition, Task, compute_dtype, np_rng
-
-CODE_DIM = 4
+from trellis_jax.training.tasks.base import CODE_DIM, FlowTask, np_rng
 
 
-class SLatFlowTask(Task):
+class SLatFlowTask(FlowTask):
     stage = "slat_flow"
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        args = cfg.model.args.to_dict()
-        self.model = build_model(cfg.model.class_name, args, dtype=compute_dtype(cfg))
-        self.resolution, self.channels = int(args["resolution"]), int(args["in_channels"])
         self.capacity = int(cfg.data.capacity)
         self.mean = np.asarray(cfg.slat_normalization.mean, np.float32)
         self.std = np.asarray(cfg.slat_normalization.std, np.float32)
         if self.mean.shape != (self.channels,) or self.std.shape != (self.channels,):
             raise ValueError(f"slat_normalization mean/std need {self.channels} entries (model.args.in_channels)")
-        self.cond = Condition(cfg, int(args["cond_channels"]), CODE_DIM)
         g = np.random.default_rng(int(cfg.data.synthetic_seed))
         self._code_basis = g.standard_normal((CODE_DIM, self.channels)).astype(np.float32) / np.sqrt(CODE_DIM)
         self._freq = g.uniform(0.1, 0.4, (3, self.channels)).astype(np.float32)
 
-    def init_params(self, rng):
-        return self.model.init(rng, *dummy_inputs(self.model))
-
     def loss(self, params, batch, rng):
         coords, mask = batch["coords"], batch["mask"]
         vel = lambda x, t, c: self.model.apply(params, SparseTensor(coords, x, mask, self.resolution), t, c).feats
-        loss = flow_loss(vel, batch["feats"], batch["cond"], self.cond.negative, rng, mask=mask, p_uncond=float(self.cfg.p_uncond),
-                         t_mean=float(self.cfg.t_mean), t_std=float(self.cfg.t_std))
+        loss = self.flow_loss(vel, batch["feats"], batch["cond"], rng, mask=mask)
         return loss, {}
 
     def synthetic_batch(self, batch_size, rng):

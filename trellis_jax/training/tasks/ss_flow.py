@@ -8,36 +8,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from trellis_jax.models.registry import build_model, dummy_inputs
-from trellis_jax.training.objective import flow_loss
-from trellis_jax.training.tasks.base import Condition, Task, compute_dtype, np_rng
-
-CODE_DIM = 4
+from trellis_jax.training.tasks.base import CODE_DIM, FlowTask, np_rng
 
 
-class SSFlowTask(Task):
+class SSFlowTask(FlowTask):
     stage = "ss_flow"
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        args = cfg.model.args.to_dict()
-        self.model = build_model(cfg.model.class_name, args, dtype=compute_dtype(cfg))
-        self.resolution, self.channels = int(args["resolution"]), int(args["in_channels"])
-        self.cond = Condition(cfg, int(args["cond_channels"]), CODE_DIM)
         r, c = self.resolution, self.channels
         g = np.random.default_rng(int(cfg.data.synthetic_seed))
         coarse = g.standard_normal((CODE_DIM, 4, 4, 4, c)).astype(np.float32)
         f = max(r // 4, 1)
         self._basis = coarse.repeat(f, 1).repeat(f, 2).repeat(f, 3)[:, :r, :r, :r] / np.sqrt(CODE_DIM)
 
-    def init_params(self, rng):
-        return self.model.init(rng, *dummy_inputs(self.model))
-
     def loss(self, params, batch, rng):
         vel = lambda x, t, c: self.model.apply(params, x, t, c)
-        loss = flow_loss(vel, batch["ss_latent"], batch["cond"], self.cond.negative, rng, p_uncond=float(self.cfg.p_uncond),
-                         t_mean=float(self.cfg.t_mean), t_std=float(self.cfg.t_std))
-        return loss, {}
+        return self.flow_loss(vel, batch["ss_latent"], batch["cond"], rng), {}
 
     def synthetic_batch(self, batch_size, rng):
         g = np_rng(rng)
