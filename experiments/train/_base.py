@@ -31,3 +31,22 @@ def get_config() -> ml_collections.ConfigDict:
     c.sharding = ml_collections.ConfigDict({"rules": None})   # None: trellis_jax.training.sharding.DEFAULT_RULES
     c.distributed = None               # None: auto (coordinator env vars); True on every host of a pod slice
     return c
+
+
+def condition(kind: str) -> ml_collections.ConfigDict:
+    """Frozen condition encoder of a flow model: DINOv2 ViT-L/14-reg image tokens (1374), CLIP ViT-L/14
+    text tokens (77), or 'random' synthetic tokens (8) for the CPU `tiny` variants."""
+    if kind == "random":
+        return ml_collections.ConfigDict(dict(kind="random", arch="", weights="", tokens=8))
+    arch = {"image": "vitl14_reg", "text": "vitl14"}[kind]
+    return ml_collections.ConfigDict(dict(kind=kind, arch=arch, weights="", tokens=1374 if kind == "image" else 77))
+
+
+def tiny_run(c: ml_collections.ConfigDict, batch_size: int, total_steps: int) -> None:
+    """Run settings of the `tiny` CPU variants: a few hundred steps at lr 1e-3, a fast EMA, every step
+    logged, a checkpoint every 50 steps, synthetic data read in-process."""
+    c.batch_size, c.total_steps = batch_size, total_steps
+    c.optimizer.lr = 1e-3
+    c.ema.decay = 0.99
+    c.log_every, c.ckpt_every, c.keep_checkpoints = 1, 50, 2
+    c.data.kind, c.data.worker_count = "synthetic", 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import ml_collections
 
+from experiments.train._base import condition, tiny_run
 from trellis_jax.tools.configs import load_config
 
 _HERE = Path(__file__).resolve().parent
@@ -31,16 +32,11 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     # capacity: voxels per asset after padding (the reference keeps assets with <= 32768 voxels)
     c.data = ml_collections.ConfigDict(dict(kind="grain", path="", worker_count=4, synthetic_seed=0, capacity=32768))
     if variant == "tiny":
-        c.batch_size = 4
-        c.total_steps = 200
-        c.optimizer.lr = 1e-3
-        c.ema.decay = 0.99
-        c.log_every, c.ckpt_every, c.keep_checkpoints = 1, 50, 2
-        c.data.kind, c.data.worker_count, c.data.capacity = "synthetic", 0, 128
-        c.cond = ml_collections.ConfigDict(dict(kind="random", arch="", weights="", tokens=8))
+        tiny_run(c, batch_size=4, total_steps=200)
+        c.data.capacity = 128
+        c.cond = condition("random")
     else:
         kind, c.batch_size = _RELEASED[variant]
         c.compute_dtype = "bfloat16"
-        arch = {"image": "vitl14_reg", "text": "vitl14"}[kind]
-        c.cond = ml_collections.ConfigDict(dict(kind=kind, arch=arch, weights="", tokens=1374 if kind == "image" else 77))
+        c.cond = condition(kind)
     return c

@@ -7,17 +7,13 @@ from pathlib import Path
 
 import ml_collections
 
+from experiments.train._base import condition, tiny_run
 from trellis_jax.tools.configs import load_config
 
 _HERE = Path(__file__).resolve().parent
 # Global batch: the paper states 256 for the XL model (64 GPUs x 4); the others' GPU counts are not
 # published, so the per-GPU batch of the reference configs x 32 GPUs is used as a starting point.
 _RELEASED = {"img_L": ("image", 256), "txt_B": ("text", 512), "txt_L": ("text", 256), "txt_XL": ("text", 256)}
-
-
-def condition(kind: str) -> ml_collections.ConfigDict:
-    arch = {"image": "vitl14_reg", "text": "vitl14"}[kind]
-    return ml_collections.ConfigDict(dict(kind=kind, arch=arch, weights="", tokens=1374 if kind == "image" else 77))
 
 
 def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
@@ -31,13 +27,8 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(kind="grain", path="", worker_count=4, synthetic_seed=0))
     if variant == "tiny":
         c.model.args.use_fp16 = False
-        c.batch_size = 4
-        c.total_steps = 200
-        c.optimizer.lr = 1e-3
-        c.ema.decay = 0.99
-        c.log_every, c.ckpt_every, c.keep_checkpoints = 1, 50, 2
-        c.data.kind, c.data.worker_count = "synthetic", 0
-        c.cond = ml_collections.ConfigDict(dict(kind="random", arch="", weights="", tokens=8))
+        tiny_run(c, batch_size=4, total_steps=200)
+        c.cond = condition("random")
     else:
         kind, c.batch_size = _RELEASED[variant]
         c.compute_dtype = "bfloat16"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import ml_collections
 
+from experiments.train._base import tiny_run
 from trellis_jax.tools.configs import load_config
 
 _HERE = Path(__file__).resolve().parent
@@ -24,12 +25,8 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(kind="grain", path="", worker_count=4, synthetic_seed=0, resolution=64))
     c.batch_size = 128                 # reference: 4 per GPU; GPU count unpublished (32 assumed)
     if variant == "tiny":
-        c.batch_size = 2
-        c.total_steps = 100
-        c.optimizer.lr = 1e-3
-        c.ema.decay = 0.99
-        c.log_every, c.ckpt_every, c.keep_checkpoints = 1, 50, 2
-        c.data.kind, c.data.worker_count, c.data.resolution = "synthetic", 0, 32
+        tiny_run(c, batch_size=2, total_steps=100)
+        c.data.resolution = 32
     else:
         c.compute_dtype = "bfloat16"
     return c
