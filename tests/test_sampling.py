@@ -202,3 +202,63 @@ def test_repaint_schedule_and_region_edit_keeps_the_outside(pipe, sampled):
     v = ed.variation(out["coords"], out["mask"], cond, jnp.zeros_like(cond), [5, 6], resolution=32)
     np.testing.assert_array_equal(np.asarray(v["coords"]), old_c)
     assert np.abs(np.asarray(v["latents"]) - old_l).max() > 1e-3
+
+
+def test_guidance_interval_ends_fall_as_in_the_reference():
+    """The reference tests the interval on float64 linspace times; 1 − i/steps rounds differently at
+    some ends (12 steps, rescale 5: t'_10 = 0.5000000000000001 is guided; 33 steps, rescale 2:
+    t'_22 = 0.4999999999999999 is not)."""
+    g = guided_steps(SamplerConfig(steps=12, cfg_strength=3.0, cfg_interval=(0.5, 1.0), rescale_t=5.0))
+    assert g[:11].all() and not g[11:].any()
+    g = guided_steps(SamplerConfig(steps=33, cfg_strength=3.0, cfg_interval=(0.5, 1.0), rescale_t=2.0))
+    assert g[:22].all() and not g[22:].any()
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        timesteps(0, 3.0)
+
+
+def test_multidiffusion_with_guidance_has_a_closed_form():
+    """Constant velocities v(c) = c: guided steps give (1 + w)·mean_k c_k − w·c_neg, others mean_k c_k."""
+    cfg = SamplerConfig(steps=6, cfg_strength=2.0, cfg_interval=(0.5, 1.0), rescale_t=3.0, multi_image_mode="multidiffusion")
+    ck = jnp.asarray([[[1.0, 2.0], [3.0, 6.0], [5.0, 1.0]]])  # [B=1, K=3, 2]
+    neg = jnp.asarray([[0.5, -1.0]])
+    x0 = sample_euler(lambda x, t, c: c, jnp.zeros((1, 2)), ck, neg, cfg, multi_image=True)
+    ts, g = timesteps(6, 3.0), guided_steps(cfg)
+    mean = np.asarray(ck).mean(1)
+    want = -sum((ts[i] - ts[i + 1]) * ((3.0 * mean - 2.0 * np.asarray(neg)) if g[i] else mean) for i in range(6))
+    np.testing.assert_allclose(np.asarray(x0), want, rtol=1e-5)
+
+
+def _seed_noise(pipe, seeds, counts):
+    """The noise `sample` draws from seeds (stage 1 dense, stage 2 packed rows of the sampled voxels)."""
+    flow_s, flow_l = pipe.models["sparse_structure_flow_model"][0], pipe.models["slat_flow_model"][0]
+    keys = [jax.random.PRNGKey(s) for s in seeds]
+    ss = np.stack([jax.random.normal(jax.random.fold_in(k, 1), (flow_s.resolution,) * 3 + (flow_s.in_channels,)) for k in keys])
+    sl = np.concatenate([np.asarray(jax.random.normal(jax.random.fold_in(k, 2), (pipe.capacity, flow_l.in_channels)))[:n]
+                         for k, n in zip(keys, counts)])
+    return ss, sl
+
+
+def test_given_noise_reproduces_the_seeded_sample(pipe, sampled):
+    """Noise given through the public API (stage 1 dense, stage 2 packed in voxel order) gives the
+    sample the seeds give; a batch-1 negative condition is broadcast; a row-count mismatch is an error."""
+    cond, ref = sampled
+    ss, sl = _seed_noise(pipe, [11, 12], np.asarray(ref["num_voxels"]))
+    out = pipe.sample(cond, jnp.zeros_like(cond[:1]), noise_ss=ss, noise_slat=sl)
+    np.testing.assert_array_equal(np.asarray(out["num_voxels"]), np.asarray(ref["num_voxels"]))
+    for key in ("ss_latent", "coords", "latents"):
+        np.testing.assert_allclose(np.asarray(out[key]), np.asarray(ref[key]), atol=1e-6)
+    # the second sample's packed rows start after the first sample's voxels
+    swapped = pipe.sample(cond[::-1], jnp.zeros_like(cond), noise_ss=ss[::-1],
+                          noise_slat=_seed_noise(pipe, [12, 11], np.asarray(ref["num_voxels"])[::-1])[1])
+    np.testing.assert_allclose(np.asarray(swapped["latents"][0]), np.asarray(ref["latents"][1]), atol=1e-6)
+    with pytest.raises(ValueError, match=f"noise_slat has {len(sl) - 1} rows"):
+        pipe.sample(cond, jnp.zeros_like(cond), noise_ss=ss, noise_slat=sl[:-1])
+
+
+def test_pipeline_is_immutable_and_with_samplers_makes_a_new_one(pipe):
+    import dataclasses
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        pipe.ss_sampler = SamplerConfig(steps=1)
+    other = pipe.with_samplers(SamplerConfig(steps=1), capacity=512)
+    assert other is not pipe and other.ss_sampler.steps == 1 and other.capacity == 512
+    assert pipe.ss_sampler.steps == 2 and other.slat_sampler == pipe.slat_sampler

@@ -91,8 +91,8 @@ def generate(pipe: TrellisPipeline, cond_model, kind: str, *, images=(), texts=(
     n = cond.shape[0]
     seeds = list(seeds) if len(seeds) == n else [int(seeds[0]) + i for i in range(n)]
     if multi_image:
-        pipe.ss_sampler = dataclasses.replace(pipe.ss_sampler, multi_image_mode=multi_image)
-        pipe.slat_sampler = dataclasses.replace(pipe.slat_sampler, multi_image_mode=multi_image)
+        pipe = pipe.with_samplers(dataclasses.replace(pipe.ss_sampler, multi_image_mode=multi_image),
+                                  dataclasses.replace(pipe.slat_sampler, multi_image_mode=multi_image))
     out = pipe.sample(cond, neg, np.asarray(seeds), multi_image=bool(multi_image), on_error="flag")
     t_sample = time.time() - t0
     results = []

@@ -48,9 +48,23 @@ class SamplerConfig:
 
 
 def timesteps(steps: int, rescale_t: float) -> np.ndarray:
-    """Warped times t'_0 = 1 > ... > t'_steps = 0 (float64 numpy, static)."""
-    t = 1.0 - np.arange(steps + 1, dtype=np.float64) / steps
+    """Warped times t'_0 = 1 > ... > t'_steps = 0 (float64 numpy, static).
+
+    Computed exactly as the reference does (float64 `linspace`, then the warp): the guidance
+    interval test is made on these values, so a time that lands on an interval end (e.g. t' = 0.5
+    at 12 steps) falls on the same side as in the reference."""
+    if steps < 1:
+        raise ValueError(f"sampler steps must be >= 1, got {steps}")
+    t = np.linspace(1.0, 0.0, steps + 1, dtype=np.float64)
     return rescale_t * t / (1.0 + (rescale_t - 1.0) * t)
+
+
+def model_times(ts: np.ndarray) -> np.ndarray:
+    """float32 times t whose network input float32(1000·t) is the reference's float32(1000·t') (it
+    scales the float64 t' before rounding; the networks here scale by 1000 themselves). Exact for
+    all but ~0.3 % of grid times, where no float32 t reaches it: those are one ulp of 1000·t' off."""
+    tau = (1000.0 * np.asarray(ts, np.float64)).astype(np.float32)
+    return (tau / np.float32(1000.0)).astype(np.float32)
 
 
 def guided_steps(cfg: SamplerConfig) -> np.ndarray:
@@ -107,7 +121,7 @@ def sample_euler(
     B = noise.shape[0]
 
     def step(x, inp):
-        i, t_cur, t_next, g = inp
+        i, t_cur, dt, g = inp
         t = jnp.full((B,), t_cur, jnp.float32)
 
         def plain(x):
@@ -123,10 +137,12 @@ def sample_euler(
             return (1 + w) * v_c - w * v_u
 
         v = plain(x) if neg_cond is None else jax.lax.cond(g, guided_fn, plain, x)
-        x = x - (t_cur - t_next).astype(x.dtype) * v.astype(x.dtype)
+        x = x - dt.astype(x.dtype) * v.astype(x.dtype)
         return x, (x if return_trajectory else None)
 
-    xs = (jnp.arange(cfg.steps), jnp.asarray(ts[:-1], jnp.float32), jnp.asarray(ts[1:], jnp.float32), jnp.asarray(guided))
+    # step sizes t'_i − t'_{i+1} in float64, rounded once (the reference multiplies by that float)
+    xs = (jnp.arange(cfg.steps), jnp.asarray(model_times(ts[:-1])), jnp.asarray((ts[:-1] - ts[1:]).astype(np.float32)),
+          jnp.asarray(guided))
     x0, traj = jax.lax.scan(step, noise, xs)
     return (x0, traj) if return_trajectory else x0
 

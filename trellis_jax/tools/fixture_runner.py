@@ -1,4 +1,4 @@
-"""Run an official-format model on the inputs of a reference fixture (`io.npz`, see FIXTURES.md).
+"""Run an official-format model on the inputs of a reference fixture (`io.npz`, see docs/reference_fixtures.md).
 
 Inputs arrive channels-first / packed as in the PyTorch reference and are converted to this
 project's layouts; outputs are converted back to the fixture's keys:
@@ -63,49 +63,51 @@ def _jitted_apply(module):
     return _JITTED[key]
 
 
+def network_outputs(module, out, x: SparseTensor | None = None) -> dict[str, np.ndarray]:
+    """A network's output converted to the fixture's output keys; `x` is the sparse input (its mask
+    selects the valid rows of per-voxel decoder outputs)."""
+    if isinstance(module, SparseStructureEncoder):
+        return {"out": to_channels_first(out[1])}
+    if isinstance(module, (SparseStructureDecoder, SparseStructureFlowModel)):
+        return {"out": to_channels_first(out)}
+    if isinstance(module, (SLatFlowModel, SLatEncoder, SLatMeshDecoder)):
+        coords, feats = (out[1] if isinstance(module, SLatEncoder) else out).to_packed()
+        return {"out_coords": coords, "out_feats": feats}
+    if isinstance(module, SLatGaussianDecoder):
+        G = out.xyz.shape[1] // x.capacity
+        rows = lambda a: _packed_rows(x, np.asarray(a).reshape((a.shape[0], x.capacity, G) + a.shape[2:])).reshape((-1,) + a.shape[2:])
+        return {"out_xyz": rows(out.xyz), "out_features_dc": rows(out.features_dc), "out_scaling": rows(out.scaling),
+                "out_rotation": rows(out.rotation), "out_opacity": rows(out.opacity)}
+    if isinstance(module, SLatRadianceFieldDecoder):
+        return {"out_trivec": _packed_rows(x, out.trivec), "out_density": _packed_rows(x, out.density),
+                "out_features_dc": _packed_rows(x, out.features_dc), "out_position": _packed_rows(x, out.position)}
+    raise TypeError(f"no fixture runner for {type(module).__name__}")
+
+
 def run_fixture(module, params, io) -> dict[str, np.ndarray]:
     """Our outputs under the fixture's output keys (one jitted forward: compiling the whole network
     once is several times faster than running it op by op)."""
     apply = _jitted_apply(module)
-    if isinstance(module, SparseStructureEncoder):
-        _, mean, _ = apply(params, to_channels_last(io["x"]))
-        return {"out": to_channels_first(mean)}
-    if isinstance(module, SparseStructureDecoder):
-        return {"out": to_channels_first(apply(params, to_channels_last(io["x"])))}
+    if isinstance(module, (SparseStructureEncoder, SparseStructureDecoder)):
+        return network_outputs(module, apply(params, to_channels_last(io["x"])))
     if isinstance(module, SparseStructureFlowModel):
         out = apply(params, to_channels_last(io["x"]), jnp.asarray(io["t"], jnp.float32), jnp.asarray(io["cond"], jnp.float32))
-        return {"out": to_channels_first(out)}
-    if isinstance(module, (SLatFlowModel, SLatEncoder, SLatMeshDecoder)):
-        x = sparse_input(io, module.resolution)
-        if isinstance(module, SLatFlowModel):
-            out = apply(params, x, jnp.asarray(io["t"], jnp.float32), jnp.asarray(io["cond"], jnp.float32))
-        elif isinstance(module, SLatEncoder):
-            out = apply(params, x)[1]
-        else:
-            out = apply(params, x)
-        coords, feats = out.to_packed()
-        return {"out_coords": coords, "out_feats": feats}
-    if isinstance(module, SLatGaussianDecoder):
-        x = sparse_input(io, module.resolution)
-        g = apply(params, x)
-        G = g.xyz.shape[1] // x.capacity
-        rows = lambda a: _packed_rows(x, np.asarray(a).reshape((a.shape[0], x.capacity, G) + a.shape[2:])).reshape((-1,) + a.shape[2:])
-        return {"out_xyz": rows(g.xyz), "out_features_dc": rows(g.features_dc), "out_scaling": rows(g.scaling),
-                "out_rotation": rows(g.rotation), "out_opacity": rows(g.opacity)}
-    if isinstance(module, SLatRadianceFieldDecoder):
-        x = sparse_input(io, module.resolution)
-        s = apply(params, x)
-        return {"out_trivec": _packed_rows(x, s.trivec), "out_density": _packed_rows(x, s.density),
-                "out_features_dc": _packed_rows(x, s.features_dc), "out_position": _packed_rows(x, s.position)}
-    raise TypeError(f"no fixture runner for {type(module).__name__}")
+        return network_outputs(module, out)
+    x = sparse_input(io, module.resolution)
+    if isinstance(module, SLatFlowModel):
+        return network_outputs(module, apply(params, x, jnp.asarray(io["t"], jnp.float32), jnp.asarray(io["cond"], jnp.float32)))
+    return network_outputs(module, apply(params, x), x)
 
 
 def compare(ours: dict, io) -> dict[str, float]:
-    """max |ours − reference| per reference output key (sparse outputs compared as sorted sets)."""
+    """max |ours − reference| per reference output key (sparse outputs compared as sorted sets).
+
+    `io` is the fixture's npz (or any mapping of its arrays)."""
     errs = {}
-    keys = [k for k in io.files if k.startswith("out")]
+    files = list(io.files) if hasattr(io, "files") else list(io)
+    keys = [k for k in files if k.startswith("out")]
     if "out_feats" in keys and "out_coords" in ours:
-        ref_coords = np.asarray(io["out_coords"]) if "out_coords" in io.files else np.asarray(io["coords"])
+        ref_coords = np.asarray(io["out_coords"]) if "out_coords" in files else np.asarray(io["coords"])
         rc, rf = sort_packed(ref_coords, np.asarray(io["out_feats"]))
         oc, of = sort_packed(ours["out_coords"], ours["out_feats"])
         if rc.shape != oc.shape or not np.array_equal(rc, oc):

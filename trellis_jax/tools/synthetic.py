@@ -1,7 +1,7 @@
 """Random weights and reference-layout inputs for small networks (fixtures, precision checks).
 
 `random_params` draws every leaf of the parameter template (no zero-initialised outputs, so every
-layer influences the result); `reference_inputs` builds `io.npz`-style inputs (FIXTURES.md):
+layer influences the result); `reference_inputs` builds `io.npz`-style inputs (docs/reference_fixtures.md):
 channels-first dense arrays, packed sparse `coords (b,x,y,z)` + `feats`.
 """
 from __future__ import annotations
