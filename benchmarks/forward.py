@@ -1,0 +1,138 @@
+"""Forward time and memory of four released-size networks at batch 1 on this CPU (random weights).
+
+    python benchmarks/forward.py [--cases gs,ss_dec,gl,gs_dec] [--dtypes fp32,bf16] [--repeats 3]
+
+Cases (released args): `gs` G_S text-base (768 ch, 12 blocks, 16³×8 latent, 77×768 text tokens);
+`ss_dec` the SS decoder 16³×8 -> 64³ logits; `gl` G_L text-base on one sphere-shell asset at 64³
+(radii 24..27 voxels: 24,856 voxels, 4,640 tokens after the 2× patching); `gs_dec` the Gaussian
+decoder on the same voxels. `bf16` runs compute and weights in bfloat16.
+Each case runs in its own process (so its peak RSS is its own) and prints: seconds (min / median of
+`repeats` calls after compile), compile seconds, XLA's `memory_analysis()` (arguments + temporaries
+of the compiled program), the process's peak RSS, GFLOP/s from the compiler's flop count, and that
+rate over a 2048² float32 matmul measured in the same process (the machine's practical roofline).
+Last line: `forward: <case>_<dtype>=<median s> ...`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CASES = ("gs", "ss_dec", "gl", "gs_dec")
+
+
+def shell_coords(resolution: int = 64, r0: float = 24.0, r1: float = 27.0):
+    """Voxels of a spherical shell centred in the grid: int32 [N, 3], argwhere order."""
+    import numpy as np
+
+    g = np.stack(np.meshgrid(*(np.arange(resolution),) * 3, indexing="ij"), -1) - (resolution - 1) / 2
+    d = np.linalg.norm(g, axis=-1)
+    return np.argwhere((d >= r0) & (d < r1)).astype(np.int32)
+
+
+def build(case: str, dtype_name: str):
+    """-> (jitted forward, args) for one case."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from trellis_jax.sparse.tensor import SparseTensor
+    from trellis_jax.tools.configs import load_config, model_from_config
+    from trellis_jax.tools.synthetic import random_params
+
+    dtype = jnp.bfloat16 if dtype_name == "bf16" else jnp.float32
+    spec = {"gs": "ss_flow.py:txt_B", "ss_dec": "ss_vae.py:dec", "gl": "slat_flow.py:txt_B", "gs_dec": "slat_vae.py:dec_gs"}[case]
+    module = model_from_config(load_config(str(REPO / "experiments" / "models" / spec)), dtype=dtype)
+    params = jax.tree.map(lambda a: a.astype(dtype), random_params(module, std=0.02))
+    rng = np.random.default_rng(0)
+    if case in ("gs", "ss_dec"):
+        z = jnp.asarray(rng.normal(size=(1, 16, 16, 16, 8)), jnp.float32)
+        if case == "ss_dec":
+            return jax.jit(module.apply), (params, z)
+        cond = jnp.asarray(rng.normal(size=(1, 77, 768)), jnp.float32)
+        return jax.jit(module.apply), (params, z, jnp.array([0.5], jnp.float32), cond)
+    coords = shell_coords()
+    packed = np.concatenate([np.zeros((len(coords), 1), np.int32), coords], 1)
+    x = SparseTensor.from_packed(packed, rng.normal(size=(len(coords), 8)).astype(np.float32), capacity=len(coords), resolution=64)
+    if case == "gs_dec":
+        return jax.jit(module.apply), (params, x)
+    cond = jnp.asarray(rng.normal(size=(1, 77, 768)), jnp.float32)
+    return jax.jit(module.apply), (params, x, jnp.array([0.5], jnp.float32), cond)
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a).block_until_ready()
+        ts.append(time.perf_counter() - t0)
+    return 2 * n**3 / min(ts) / 1e9
+
+
+def run_one(case: str, dtype_name: str, repeats: int) -> dict:
+    import jax
+    import numpy as np
+
+    fn, args = build(case, dtype_name)
+    t0 = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    jax.block_until_ready(compiled(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - t0)
+    med = float(np.median(times))
+    gflops = float(cost.get("flops", 0.0)) / med / 1e9
+    roof = matmul_gflops()
+    return {"case": case, "dtype": dtype_name, "min_s": min(times), "median_s": med, "compile_s": compile_s,
+            "xla_args_gib": mem.argument_size_in_bytes / 2**30, "xla_temp_gib": mem.temp_size_in_bytes / 2**30,
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "gflops": gflops, "roofline_gflops": roof, "roofline_frac": gflops / roof}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--dtypes", default="fp32,bf16")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--one", nargs=2, metavar=("CASE", "DTYPE"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.one:
+        print(json.dumps(run_one(*args.one, args.repeats)))
+        return 0
+    rows = []
+    print(f"{'case':>8} {'dtype':>5} {'min s':>7} {'median s':>8} {'compile s':>9} {'XLA args GiB':>12} {'XLA temp GiB':>12} "
+          f"{'peak RSS GiB':>12} {'GFLOP/s':>8} {'of matmul':>9}", flush=True)
+    for case in args.cases.split(","):
+        for dt in args.dtypes.split(","):
+            proc = subprocess.run([sys.executable, __file__, "--one", case, dt, "--repeats", str(args.repeats)],
+                                  capture_output=True, text=True, cwd=REPO)
+            if proc.returncode:
+                print(f"{case:>8} {dt:>5} failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            rows.append(r)
+            print(f"{case:>8} {dt:>5} {r['min_s']:7.2f} {r['median_s']:8.2f} {r['compile_s']:9.1f} {r['xla_args_gib']:12.2f} "
+                  f"{r['xla_temp_gib']:12.2f} {r['peak_rss_gib']:12.2f} {r['gflops']:8.1f} {r['roofline_frac']:9.2f}", flush=True)
+    print("forward: " + " ".join(f"{r['case']}_{r['dtype']}={r['median_s']:.2f}" for r in rows))
+    return 0 if len(rows) == len(args.cases.split(",")) * len(args.dtypes.split(",")) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
