@@ -22,6 +22,18 @@ from trellis_jax.representations.mesh.cube_tables import (
 from trellis_jax.representations.mesh.sparse_grid import SENTINEL, CubeGrid, grid_key, lookup
 
 MAX_VD = 4  # dual vertices per cube, at most
+PERPENDICULAR = np.array([[d for d in range(3) if d != a] for a in range(3)], np.int32)  # [3, 2]
+
+
+def _quad_cube_offsets() -> np.ndarray:
+    """[3, 4, 3]: for the grid edge along each axis, the offsets of its 4 cubes from the owner."""
+    out = np.zeros((3, 4, 3), np.int32)
+    for axis, (u, v) in enumerate(PERPENDICULAR):
+        out[axis, :, u], out[axis, :, v] = QUAD_OFFSETS[:, 0], QUAD_OFFSETS[:, 1]
+    return out
+
+
+QUAD_CUBE_OFFSETS = _quad_cube_offsets()
 
 
 @struct.dataclass
@@ -88,37 +100,28 @@ def dual_mesh(grid: CubeGrid, weight_scale: float = 0.99) -> DualMesh:
     member = jnp.any((groups[..., None] == jnp.arange(12)) & in_group[..., None], 2)  # [K, 4, 12]
     edge_vd = jnp.where(jnp.any(member, 1), jnp.argmax(member, 1), -1)
 
-    # Quads: cube k owns the 3 grid edges at its origin corner; the other cubes are found by key.
-    faces, face_mask = [], []
-    for axis in range(3):
-        u, v = [d for d in range(3) if d != axis]
-        e0 = int(ORIGIN_EDGES[axis])
-        first, second = int(EDGES[e0, 0]), int(EDGES[e0, 1])
-        cut = negative[:, first] != negative[:, second]
-        ok = surface & cut & (grid.coords[:, u] >= 1) & (grid.coords[:, v] >= 1)
-        slots, gam = [], []
-        for q in range(4):
-            off = np.zeros(3, np.int32)
-            off[u], off[v] = QUAD_OFFSETS[q]
-            keys = jnp.where(ok, grid_key(grid.coords + off, grid.resolution), SENTINEL)
-            idx, found = lookup(grid.keys, keys)
-            g = edge_vd[idx, int(EDGE_IN_NEIGHBOUR[axis, q])]
-            ok = ok & found & (g >= 0)
-            slots.append(idx * MAX_VD + g)
-            gam.append(gamma[idx])
-        slots, gam = jnp.stack(slots, -1), jnp.stack(gam, -1)  # [K, 4]
-        flip = s[:, first] > 0  # wind towards the positive side
-        perm = jnp.where(flip[:, None], jnp.array([0, 1, 3, 2]), jnp.array([2, 3, 1, 0]))
-        quad = jnp.take_along_axis(slots, perm, 1)
-        qg = jnp.take_along_axis(gam, perm, 1)
-        split_02 = (qg[:, 0] * qg[:, 2]) > (qg[:, 1] * qg[:, 3])
-        tri = jnp.where(split_02[:, None, None], jnp.array([[0, 1, 2], [0, 2, 3]]), jnp.array([[0, 1, 3], [3, 1, 2]]))
-        faces.append(jnp.take_along_axis(quad[:, None, :], tri, 2))  # [K, 2, 3]
-        face_mask.append(jnp.broadcast_to(ok[:, None], (K, 2)))
+    # Quads: cube k owns the grid edges leaving its origin corner, one per axis; the 4 cubes around
+    # each (itself included) are found by key, in increasing key order as the reference lists them.
+    first, second = EDGES[ORIGIN_EDGES, 0], EDGES[ORIGIN_EDGES, 1]  # [3]
+    cut = negative[:, first] != negative[:, second]  # [K, 3]
+    ok = surface[:, None] & cut & jnp.all(grid.coords[:, PERPENDICULAR] >= 1, -1)
+    keys = jnp.where(ok[..., None], grid_key(grid.coords[:, None, None, :] + jnp.asarray(QUAD_CUBE_OFFSETS)[None], grid.resolution), SENTINEL)
+    idx, found = lookup(grid.keys, keys)  # [K, 3, 4]
+    g = edge_vd[idx, jnp.asarray(EDGE_IN_NEIGHBOUR)[None]]
+    ok = ok & jnp.all(found & (g >= 0), -1)
+    slots, gam = idx * MAX_VD + g, gamma[idx]
+    flip = s[:, first] > 0  # [K, 3]: wind towards the positive side
+    perm = jnp.where(flip[..., None], jnp.array([0, 1, 3, 2]), jnp.array([2, 3, 1, 0]))
+    quad = jnp.take_along_axis(slots, perm, -1)
+    qg = jnp.take_along_axis(gam, perm, -1)
+    split_02 = (qg[..., 0] * qg[..., 2]) > (qg[..., 1] * qg[..., 3])
+    tri = jnp.where(split_02[..., None, None], jnp.array([[0, 1, 2], [0, 2, 3]]), jnp.array([[0, 1, 3], [3, 1, 2]]))
+    faces = jnp.take_along_axis(quad[..., None, :], tri, -1)  # [K, 3, 2, 3]
+    face_mask = jnp.broadcast_to(ok[..., None], (K, 3, 2))
     return DualMesh(
         vertices=vd.reshape(K * MAX_VD, 3),
         colors=vd_color.reshape(K * MAX_VD, -1),
         vertex_mask=vd_mask.reshape(-1),
-        faces=jnp.stack(faces, 1).reshape(-1, 3).astype(jnp.int32),
-        face_mask=jnp.stack(face_mask, 1).reshape(-1),
+        faces=faces.reshape(-1, 3).astype(jnp.int32),
+        face_mask=face_mask.reshape(-1),
     )
