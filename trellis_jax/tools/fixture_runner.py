@@ -5,6 +5,8 @@ project's layouts; outputs are converted back to the fixture's keys:
   dense  `out`                    [B, C, D, H, W]        (SS encoder: posterior mean; SS decoder: logits; G_S: velocity)
   sparse `out_feats` (+`out_coords`) packed rows sorted by (b, x, y, z)  (G_L velocity; SLat encoder mean;
                                    mesh decoder 256³ features)
+  mesh decoder surface `out_vertices`, `out_faces`, `out_vertex_attrs` (when the case holds them;
+                   compared as matched sets, see `mesh_fixture`)
   Gaussian decoder `out_xyz` (world), `out_features_dc`, `out_scaling` (activated, 3D filter incl.),
                    `out_rotation` (unit, w first), `out_opacity` — flattened voxel-major in packed row order
   RF decoder `out_trivec` (+1 applied), `out_density`, `out_features_dc`, `out_position`
@@ -24,6 +26,7 @@ from trellis_jax.models.slat_rf_decoder import SLatRadianceFieldDecoder
 from trellis_jax.models.ss_flow import SparseStructureFlowModel
 from trellis_jax.models.ss_vae import SparseStructureDecoder, SparseStructureEncoder
 from trellis_jax.sparse.tensor import SparseTensor
+from trellis_jax.tools.mesh_fixture import MESH_KEYS, compare_mesh, mesh_outputs
 
 
 def to_channels_last(x: np.ndarray) -> jnp.ndarray:
@@ -84,7 +87,10 @@ def run_fixture(module, params, io) -> dict[str, np.ndarray]:
         else:
             out = apply(params, x)
         coords, feats = out.to_packed()
-        return {"out_coords": coords, "out_feats": feats}
+        result = {"out_coords": coords, "out_feats": feats}
+        if isinstance(module, SLatMeshDecoder) and "out_vertices" in io.files:
+            result.update(mesh_outputs(out))
+        return result
     if isinstance(module, SLatGaussianDecoder):
         x = sparse_input(io, module.resolution)
         g = apply(params, x)
@@ -104,6 +110,9 @@ def compare(ours: dict, io) -> dict[str, float]:
     """max |ours − reference| per reference output key (sparse outputs compared as sorted sets)."""
     errs = {}
     keys = [k for k in io.files if k.startswith("out")]
+    if "out_vertices" in keys:
+        errs.update(compare_mesh(ours, io))
+        keys = [k for k in keys if k not in MESH_KEYS]
     if "out_feats" in keys and "out_coords" in ours:
         ref_coords = np.asarray(io["out_coords"]) if "out_coords" in io.files else np.asarray(io["coords"])
         rc, rf = sort_packed(ref_coords, np.asarray(io["out_feats"]))

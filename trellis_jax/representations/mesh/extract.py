@@ -30,6 +30,8 @@ class Mesh:
     num_vertices  int32 [B]
     num_faces     int32 [B]
     overflow      bool  [B]         a capacity (cubes, vertices or faces) was too small: the mesh is incomplete
+    required      int32 [B, 3]      (cubes, vertices, faces) the sample needed; after a cube overflow the
+                                    last two are lower bounds
     """
 
     vertices: jax.Array
@@ -38,6 +40,7 @@ class Mesh:
     num_vertices: jax.Array
     num_faces: jax.Array
     overflow: jax.Array
+    required: jax.Array
 
     def sample(self, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Host arrays (vertices [n, 3], faces [m, 3], vertex_attrs [n, A]) of sample b; raises
@@ -64,7 +67,7 @@ def _compact(dm: DualMesh, max_vertices: int, max_faces: int):
     nf = jnp.sum(dm.face_mask, dtype=jnp.int32)
     fdst = jnp.where(dm.face_mask, face_index, max_faces)
     faces = jnp.zeros((max_faces, 3), jnp.int32).at[fdst].set(new_index[dm.faces], mode="drop")
-    return verts, faces, attrs, jnp.minimum(nv, max_vertices), jnp.minimum(nf, max_faces), (nv > max_vertices) | (nf > max_faces)
+    return verts, faces, attrs, nv, nf
 
 
 def _extract_one(coords, feats, mask, resolution, max_cubes, max_vertices, max_faces, use_color):
@@ -72,8 +75,10 @@ def _extract_one(coords, feats, mask, resolution, max_cubes, max_vertices, max_f
     color = parts["color"] if use_color else jnp.zeros(feats.shape[:1] + (8, 0), jnp.float32)
     sdf = parts["sdf"] + (-1.0 / resolution)
     grid = build_cube_grid(coords, mask, sdf, parts["deform"], color, parts["weights"], resolution, max_cubes)
-    verts, faces, attrs, nv, nf, over = _compact(dual_mesh(grid), max_vertices, max_faces)
-    return verts, faces, attrs, nv, nf, over | grid.overflow
+    verts, faces, attrs, nv, nf = _compact(dual_mesh(grid), max_vertices, max_faces)
+    overflow = grid.overflow | (nv > max_vertices) | (nf > max_faces)
+    required = jnp.stack([grid.count, nv, nf])
+    return verts, faces, attrs, jnp.minimum(nv, max_vertices), jnp.minimum(nf, max_faces), overflow, required
 
 
 @partial(jax.jit, static_argnames=("resolution", "max_cubes", "max_vertices", "max_faces", "use_color"))
@@ -95,3 +100,18 @@ def extract_mesh(decoded: SparseTensor, max_cubes: Optional[int] = None, max_ver
     return _extract(decoded.coords, decoded.feats, decoded.mask, resolution=decoded.resolution,
                     max_cubes=max_cubes or dc, max_vertices=max_vertices or dv, max_faces=max_faces or df,
                     use_color=channels == 101)
+
+
+def extract_mesh_arrays(decoded: SparseTensor, capacities: Optional[tuple[int, int, int]] = None,
+                        max_tries: int = 4) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Host helper: every sample's (vertices [n, 3], faces [m, 3], vertex_attrs [n, A]) as numpy.
+    Starts from `capacities` (default `default_capacities`) and, when a sample overflows, re-extracts
+    with the capacities it reported needing (rounded up to multiples of 1024, so that few shapes are
+    compiled); raises `CapacityError` if that does not converge."""
+    caps = tuple(capacities or default_capacities(decoded.capacity))
+    for attempt in range(max_tries):
+        mesh = extract_mesh(decoded, *caps)
+        if not np.asarray(mesh.overflow).any() or attempt == max_tries - 1:
+            return [mesh.sample(b) for b in range(decoded.batch_size)]  # `sample` raises on overflow
+        need = np.asarray(mesh.required).max(0)
+        caps = tuple(max(c, -(-int(n * 5 // 4) // 1024) * 1024) for c, n in zip(caps, need))
