@@ -114,4 +114,7 @@ def extract_mesh_arrays(decoded: SparseTensor, capacities: Optional[tuple[int, i
         if not np.asarray(mesh.overflow).any() or attempt == max_tries - 1:
             return [mesh.sample(b) for b in range(decoded.batch_size)]  # `sample` raises on overflow
         need = np.asarray(mesh.required).max(0)
+        if need[0] > caps[0]:  # vertex and face counts were lower bounds: scale them with the cubes
+            ratio = np.array(default_capacities(1)) / default_capacities(1)[0]
+            need = np.maximum(need, need[0] * ratio)
         caps = tuple(max(c, -(-int(n * 5 // 4) // 1024) * 1024) for c, n in zip(caps, need))
