@@ -153,3 +153,19 @@ def test_compiles_once_per_shape(spheres):
     m = extract_mesh(spheres.replace(feats=spheres.feats.at[..., 0:8].add(0.01)))
     assert _extract._cache_size() == before
     assert (np.asarray(m.num_faces) > 0).all()
+
+
+def test_vertex_coloured_glb_is_y_up(spheres, tmp_path):
+    import trimesh
+
+    from trellis_jax.export.mesh_glb import save_mesh_glb
+
+    v, f, a = extract_mesh(spheres).sample(1)
+    path = save_mesh_glb(tmp_path / "mesh.glb", v, f, a)
+    loaded = trimesh.load(path, force="mesh", process=False)
+    assert len(loaded.vertices) == len(v) and len(loaded.faces) == len(f)
+    np.testing.assert_allclose(loaded.vertices, np.stack([v[:, 0], v[:, 2], -v[:, 1]], -1), atol=1e-6)
+    np.testing.assert_array_equal(loaded.visual.vertex_colors[:, :3], np.round(a[:, :3] * 255).astype(np.uint8))
+    assert loaded.is_watertight and loaded.volume > 0
+    with pytest.raises(ValueError, match="empty mesh"):
+        save_mesh_glb(tmp_path / "empty.glb", v[:0], f[:0])
