@@ -105,10 +105,11 @@ def extract_mesh(decoded: SparseTensor, max_cubes: Optional[int] = None, max_ver
 def extract_mesh_arrays(decoded: SparseTensor, capacities: Optional[tuple[int, int, int]] = None,
                         max_tries: int = 4) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Host helper: every sample's (vertices [n, 3], faces [m, 3], vertex_attrs [n, A]) as numpy.
-    Starts from `capacities` (default `default_capacities`) and, when a sample overflows, re-extracts
-    with the capacities it reported needing (rounded up to multiples of 1024, so that few shapes are
-    compiled); raises `CapacityError` if that does not converge."""
-    caps = tuple(capacities or default_capacities(decoded.capacity))
+    Starts from `capacities` (default: `default_capacities` rounded up to multiples of 1024, so that
+    few shapes are compiled) and, when a sample overflows, re-extracts with the capacities it reported
+    needing (+25 %, rounded alike); raises `CapacityError` if that does not converge."""
+    round_up = lambda n: -(-int(n) // 1024) * 1024
+    caps = tuple(capacities or map(round_up, default_capacities(decoded.capacity)))
     for attempt in range(max_tries):
         mesh = extract_mesh(decoded, *caps)
         if not np.asarray(mesh.overflow).any() or attempt == max_tries - 1:
@@ -117,4 +118,4 @@ def extract_mesh_arrays(decoded: SparseTensor, capacities: Optional[tuple[int, i
         if need[0] > caps[0]:  # vertex and face counts were lower bounds: scale them with the cubes
             ratio = np.array(default_capacities(1)) / default_capacities(1)[0]
             need = np.maximum(need, need[0] * ratio)
-        caps = tuple(max(c, -(-int(n * 5 // 4) // 1024) * 1024) for c, n in zip(caps, need))
+        caps = tuple(max(c, round_up(n * 5 // 4)) for c, n in zip(caps, need))

@@ -3,7 +3,9 @@
 The reference scatters the active cubes' per-corner attributes into a dense (res+1)³ vertex grid
 (unset vertices: sdf +1, everything else 0) and runs on all res³ cubes. Only cubes with a sign change
 emit geometry, and every negative vertex belongs to an active cube, so the cubes that matter are the
-active cubes and their 26 neighbours that share a negative corner with them. Here (one sample,
+active cubes with a sign change and their 26 neighbours that share a negative corner with them (an
+active neighbour is listed by a cube next to it only when their shared corners already change sign:
+otherwise it lists itself if it has a sign change). Here (one sample,
 static shapes, keys sorted so that lookups are binary searches):
 
   vertex table   the distinct corners of the active cubes, attributes averaged over the cubes sharing them
@@ -108,12 +110,20 @@ def build_cube_grid(coords: jax.Array, mask: jax.Array, sdf: jax.Array, deform: 
     total = jax.ops.segment_sum(attrs, vslot, num_segments=8 * L + 1)[:-1]
     n = jax.ops.segment_sum(jnp.ones((8 * L,), jnp.float32), vslot, num_segments=8 * L + 1)[:-1]
     vattrs = total / jnp.maximum(n, 1.0)[:, None]
-    # Candidates: each active cube and those of its neighbours that share one of its negative corners.
+    # Active cubes, sorted by key (for the weights and for "is this neighbour active").
+    akeys = jnp.where(mask, grid_key(coords, res), SENTINEL)
+    arow = jnp.argsort(akeys)
+    akeys_sorted = akeys[arow]
+    # Candidates (see the module docstring): o = 0 lists an active cube iff it has a sign change.
     negative = (vattrs[jnp.minimum(vslot, 8 * L - 1), 0].reshape(L, 8) < 0) & mask[:, None]
-    touches = jnp.any(negative[:, None, :] & jnp.asarray(SHARED_CORNERS)[None], -1)  # [L, 27]
+    shared = jnp.asarray(SHARED_CORNERS)[None]  # [1, 27, 8]
+    touches = jnp.any(negative[:, None, :] & shared, -1)  # [L, 27]
+    mixed = touches & jnp.any(~negative[:, None, :] & shared, -1)
     cpos = coords[:, None, :] + jnp.asarray(NEIGHBOUR_OFFSETS)[None]
-    inside = jnp.all((cpos >= 0) & (cpos < res), -1)
-    ckeys = jnp.where(touches & inside, grid_key(cpos, res), SENTINEL).reshape(-1)
+    inside = jnp.all((cpos >= 0) & (cpos < res), -1) & mask[:, None]
+    ckeys = jnp.where(inside, grid_key(cpos, res), SENTINEL)
+    _, active = lookup(akeys_sorted, ckeys)
+    ckeys = jnp.where(touches & (mixed | ~active), ckeys, SENTINEL).reshape(-1)
     cube_keys, _, count = sorted_unique(ckeys, max_cubes)
     valid = cube_keys != SENTINEL
     ccoords = jnp.where(valid[:, None], grid_position(cube_keys, res), 0)
@@ -123,8 +133,6 @@ def build_cube_grid(coords: jax.Array, mask: jax.Array, sdf: jax.Array, deform: 
     cattrs = jnp.where(vfound[..., None], vattrs[vidx], 0.0)
     csdf = jnp.where(vfound, cattrs[..., 0], 1.0)
     # Weights from the active cubes (0 elsewhere).
-    akeys = jnp.where(mask, grid_key(coords, res), SENTINEL)
-    arow = jnp.argsort(akeys)
-    aidx, afound = lookup(akeys[arow], jnp.where(valid, cube_keys, SENTINEL))
+    aidx, afound = lookup(akeys_sorted, jnp.where(valid, cube_keys, SENTINEL))
     cweights = jnp.where(afound[:, None], weights[arow[aidx]], 0.0)
     return CubeGrid(cube_keys, ccoords, valid, csdf, cattrs[..., 1:4], cattrs[..., 4:], cweights, count, res)
