@@ -18,10 +18,11 @@ import numpy as np
 from flax import struct
 
 from trellis_jax.representations.mesh.cube_tables import (
-    CHECK, DMC_GROUPS, EDGE_IN_NEIGHBOUR, EDGES, NUM_VD, ORIGIN_EDGES, QUAD_OFFSETS)
+    CHECK, DMC_GROUPS, EDGE_IN_NEIGHBOUR, EDGES, ORIGIN_EDGES, QUAD_OFFSETS)
 from trellis_jax.representations.mesh.sparse_grid import SENTINEL, CubeGrid, grid_key, lookup
 
 MAX_VD = 4  # dual vertices per cube, at most
+GROUP_MEMBERS = np.any(DMC_GROUPS[..., None] == np.arange(12), 2)  # [256, 4, 12]: edge e in group g of a case
 PERPENDICULAR = np.array([[d for d in range(3) if d != a] for a in range(3)], np.int32)  # [3, 2]
 
 
@@ -79,25 +80,21 @@ def dual_mesh(grid: CubeGrid, weight_scale: float = 0.99) -> DualMesh:
     beta, alpha, gamma = normalized_weights(grid.weights, weight_scale)
     case = case_ids(grid, negative, surface)
 
-    # Dual vertices: groups of edges [K, 4, 7] -> β-weighted mean of α-weighted zero crossings.
-    groups = jnp.asarray(DMC_GROUPS)[case]
-    in_group = (groups >= 0) & surface[:, None, None]
-    e = jnp.maximum(groups, 0)
-    a, b = jnp.asarray(EDGES[:, 0])[e], jnp.asarray(EDGES[:, 1])[e]  # corner ids [K, 4, 7]
-    take = lambda arr, c: jnp.take_along_axis(arr, c.reshape(K, -1), 1).reshape(c.shape)
-    take_v = lambda arr, c: jnp.take_along_axis(arr, c.reshape(K, -1, 1), 1).reshape(c.shape + arr.shape[-1:])
-    wa, wb = take(s, a) * take(alpha, a), take(s, b) * take(alpha, b)
-    denom = jnp.where(in_group, wb - wa, 1.0)[..., None]
-    crossing = (take_v(x, a) * wb[..., None] - take_v(x, b) * wa[..., None]) / denom
-    col = (take_v(color, a) * wb[..., None] - take_v(color, b) * wa[..., None]) / denom
-    be = jnp.where(in_group, take(beta, e), 0.0)[..., None]  # [K, 4, 7, 1]
-    bsum = jnp.sum(be, 2)
-    vd_mask = (bsum[..., 0] > 0) & (jnp.arange(MAX_VD)[None] < jnp.asarray(NUM_VD)[case][:, None]) & surface[:, None]
+    # Zero crossing of every cube edge [K, 12, ·], with the cube's α at the two corners.
+    ea, eb = EDGES[:, 0], EDGES[:, 1]
+    wa, wb = s[:, ea] * alpha[:, ea], s[:, eb] * alpha[:, eb]
+    denom = jnp.where(negative[:, ea] != negative[:, eb], wb - wa, 1.0)[..., None]
+    crossing = (x[:, ea] * wb[..., None] - x[:, eb] * wa[..., None]) / denom
+    col = (color[:, ea] * wb[..., None] - color[:, eb] * wa[..., None]) / denom
+    # Dual vertices: the β-weighted mean of the crossings of their edge groups.
+    member = jnp.asarray(GROUP_MEMBERS)[case] & surface[:, None, None]  # [K, 4, 12]
+    wm = jnp.where(member, beta[:, None, :], 0.0)
+    bsum = jnp.sum(wm, -1, keepdims=True)
+    vd_mask = jnp.any(member, -1)
     bsafe = jnp.where(vd_mask[..., None], bsum, 1.0)
-    vd = jnp.sum(crossing * be, 2) / bsafe
-    vd_color = jnp.sum(col * be, 2) / bsafe
+    vd = jnp.einsum("kge,ked->kgd", wm, crossing, precision="highest") / bsafe
+    vd_color = jnp.einsum("kge,ked->kgd", wm, col, precision="highest") / bsafe
     # The dual vertex slot each cube edge belongs to [K, 12] (-1 if none).
-    member = jnp.any((groups[..., None] == jnp.arange(12)) & in_group[..., None], 2)  # [K, 4, 12]
     edge_vd = jnp.where(jnp.any(member, 1), jnp.argmax(member, 1), -1)
 
     # Quads: cube k owns the grid edges leaving its origin corner, one per axis; the 4 cubes around
