@@ -36,19 +36,30 @@ def grid_position(key: jax.Array, size: int) -> jax.Array:
     return jnp.stack([key // (size * size), (key // size) % size, key % size], -1).astype(jnp.int32)
 
 
-def sorted_unique(keys: jax.Array, size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Distinct keys of `keys` [N] (SENTINEL = no key) in increasing order, padded with SENTINEL to
-    `size`. Returns (unique [size], slot [N]: each key's index in `unique` (size where it has none),
-    count []: the number of distinct keys, which may exceed `size` (overflow))."""
-    order = jnp.argsort(keys)
-    s = keys[order]
+def _runs(s: jax.Array, size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Sorted keys [N] -> (index of each key's run among the distinct keys, clipped to `size` for
+    SENTINEL and overflow, the distinct keys [size] SENTINEL-padded, their count)."""
     real = s != SENTINEL
     first = jnp.concatenate([jnp.ones((1,), bool), s[1:] != s[:-1]]) & real
     seg = jnp.cumsum(first, dtype=jnp.int32) - 1
-    slot_sorted = jnp.where(real & (seg < size), seg, size)
-    unique = jnp.full((size,), SENTINEL, jnp.int32).at[slot_sorted].set(s, mode="drop")
-    slot = jnp.zeros_like(slot_sorted).at[order].set(slot_sorted)
-    return unique, slot, jnp.sum(first, dtype=jnp.int32)
+    slot = jnp.where(real & (seg < size), seg, size)
+    unique = jnp.full((size,), SENTINEL, jnp.int32).at[slot].set(s, mode="drop")
+    return slot, unique, jnp.sum(first, dtype=jnp.int32)
+
+
+def unique_keys(keys: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+    """Distinct keys of `keys` [N] (SENTINEL = no key), increasing, SENTINEL-padded to `size`, and
+    their count [] (which may exceed `size`: overflow)."""
+    _, unique, count = _runs(jnp.sort(keys), size)
+    return unique, count
+
+
+def sorted_unique(keys: jax.Array, size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """As `unique_keys`, plus slot [N]: each key's index in the distinct keys (size where it has none).
+    Returns (unique [size], slot [N], count [])."""
+    order = jnp.argsort(keys)
+    slot_sorted, unique, count = _runs(keys[order], size)
+    return unique, jnp.zeros_like(slot_sorted).at[order].set(slot_sorted), count
 
 
 def lookup(table: jax.Array, queries: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -124,7 +135,7 @@ def build_cube_grid(coords: jax.Array, mask: jax.Array, sdf: jax.Array, deform: 
     ckeys = jnp.where(inside, grid_key(cpos, res), SENTINEL)
     _, active = lookup(akeys_sorted, ckeys)
     ckeys = jnp.where(touches & (mixed | ~active), ckeys, SENTINEL).reshape(-1)
-    cube_keys, _, count = sorted_unique(ckeys, max_cubes)
+    cube_keys, count = unique_keys(ckeys, max_cubes)
     valid = cube_keys != SENTINEL
     ccoords = jnp.where(valid[:, None], grid_position(cube_keys, res), 0)
     # Corner attributes from the vertex table (reference defaults where a corner is no active vertex).
