@@ -34,11 +34,21 @@ def save_voxel_glb(path, coords: np.ndarray, resolution: int = 64, colors: np.nd
     centres = voxel_centres(coords, resolution)
     verts = (box.vertices[None] + centres[:, None]).reshape(-1, 3)
     faces = (box.faces[None] + np.arange(len(coords))[:, None, None] * len(box.vertices)).reshape(-1, 3)
-    verts = np.stack([verts[:, 0], verts[:, 2], -verts[:, 1]], -1)
-    mesh = trimesh.Trimesh(verts, faces, process=False)
+    mesh = trimesh.Trimesh(to_y_up(verts), faces, process=False)
     if colors is not None:
         rgba = np.concatenate([np.clip(np.asarray(colors), 0, 1), np.ones((len(coords), 1))], -1)
         mesh.visual.vertex_colors = (np.repeat(rgba, len(box.vertices), 0) * 255).astype(np.uint8)
+    return write_glb(path, mesh)
+
+
+def to_y_up(vertices: np.ndarray) -> np.ndarray:
+    """World z-up [N, 3] -> the GLB's y-up frame: (x, y, z) → (x, z, −y)."""
+    v = np.asarray(vertices)
+    return np.stack([v[:, 0], v[:, 2], -v[:, 1]], -1)
+
+
+def write_glb(path, mesh) -> Path:
+    """Write a trimesh object as binary glTF, atomically (a temporary file renamed into place)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -134,7 +134,8 @@ def run_pipeline_case(case_dir: Path) -> tuple[dict, dict]:
     z = SparseTensor(out["coords"], out["latents"], out["mask"], 64)
     for fmt in formats:
         module = loaded["models"][DECODER_ROLES[fmt]][0]
-        ours.update({f"{fmt}_{k}": v for k, v in network_outputs(module, out[fmt], z).items()})
+        surface = f"{fmt}_out_vertices" in io  # a batch-one mesh case may hold the extracted surface
+        ours.update({f"{fmt}_{k}": v for k, v in network_outputs(module, out[fmt], z, with_surface=surface).items()})
     ref = {("out_feats" if k == "out_slat" else k): v for k, v in io.items()}
     return ours, ref
 

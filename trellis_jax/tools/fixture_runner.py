@@ -5,6 +5,8 @@ project's layouts; outputs are converted back to the fixture's keys:
   dense  `out`                    [B, C, D, H, W]        (SS encoder: posterior mean; SS decoder: logits; G_S: velocity)
   sparse `out_feats` (+`out_coords`) packed rows sorted by (b, x, y, z)  (G_L velocity; SLat encoder mean;
                                    mesh decoder 256³ features)
+  mesh decoder surface `out_vertices`, `out_faces`, `out_vertex_attrs` (when the case holds them;
+                   compared as matched sets, see `mesh_fixture`)
   Gaussian decoder `out_xyz` (world), `out_features_dc`, `out_scaling` (activated, 3D filter incl.),
                    `out_rotation` (unit, w first), `out_opacity` — flattened voxel-major in packed row order
   RF decoder `out_trivec` (+1 applied), `out_density`, `out_features_dc`, `out_position`
@@ -24,6 +26,7 @@ from trellis_jax.models.slat_rf_decoder import SLatRadianceFieldDecoder
 from trellis_jax.models.ss_flow import SparseStructureFlowModel
 from trellis_jax.models.ss_vae import SparseStructureDecoder, SparseStructureEncoder
 from trellis_jax.sparse.tensor import SparseTensor
+from trellis_jax.tools.mesh_fixture import MESH_KEYS, compare_mesh, mesh_outputs
 
 
 def to_channels_last(x: np.ndarray) -> jnp.ndarray:
@@ -63,16 +66,25 @@ def _jitted_apply(module):
     return _JITTED[key]
 
 
-def network_outputs(module, out, x: SparseTensor | None = None) -> dict[str, np.ndarray]:
+def _keys(io) -> list[str]:
+    """Keys of a fixture's npz or of a plain mapping of its arrays."""
+    return list(io.files) if hasattr(io, "files") else list(io)
+
+
+def network_outputs(module, out, x: SparseTensor | None = None, with_surface: bool = False) -> dict[str, np.ndarray]:
     """A network's output converted to the fixture's output keys; `x` is the sparse input (its mask
-    selects the valid rows of per-voxel decoder outputs)."""
+    selects the valid rows of per-voxel decoder outputs); `with_surface` adds the mesh decoder's
+    extracted surface (batch of one)."""
     if isinstance(module, SparseStructureEncoder):
         return {"out": to_channels_first(out[1])}
     if isinstance(module, (SparseStructureDecoder, SparseStructureFlowModel)):
         return {"out": to_channels_first(out)}
     if isinstance(module, (SLatFlowModel, SLatEncoder, SLatMeshDecoder)):
         coords, feats = (out[1] if isinstance(module, SLatEncoder) else out).to_packed()
-        return {"out_coords": coords, "out_feats": feats}
+        result = {"out_coords": coords, "out_feats": feats}
+        if with_surface and isinstance(module, SLatMeshDecoder):
+            result.update(mesh_outputs(out))
+        return result
     if isinstance(module, SLatGaussianDecoder):
         G = out.xyz.shape[1] // x.capacity
         rows = lambda a: _packed_rows(x, np.asarray(a).reshape((a.shape[0], x.capacity, G) + a.shape[2:])).reshape((-1,) + a.shape[2:])
@@ -96,7 +108,7 @@ def run_fixture(module, params, io) -> dict[str, np.ndarray]:
     x = sparse_input(io, module.resolution)
     if isinstance(module, SLatFlowModel):
         return network_outputs(module, apply(params, x, jnp.asarray(io["t"], jnp.float32), jnp.asarray(io["cond"], jnp.float32)))
-    return network_outputs(module, apply(params, x), x)
+    return network_outputs(module, apply(params, x), x, with_surface="out_vertices" in _keys(io))
 
 
 def compare(ours: dict, io) -> dict[str, float]:
@@ -104,8 +116,11 @@ def compare(ours: dict, io) -> dict[str, float]:
 
     `io` is the fixture's npz (or any mapping of its arrays)."""
     errs = {}
-    files = list(io.files) if hasattr(io, "files") else list(io)
+    files = _keys(io)
     keys = [k for k in files if k.startswith("out")]
+    if "out_vertices" in keys:
+        errs.update(compare_mesh(ours, io))
+        keys = [k for k in keys if k not in MESH_KEYS]
     if "out_feats" in keys and "out_coords" in ours:
         ref_coords = np.asarray(io["out_coords"]) if "out_coords" in files else np.asarray(io["coords"])
         rc, rf = sort_packed(ref_coords, np.asarray(io["out_feats"]))

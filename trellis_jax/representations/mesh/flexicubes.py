@@ -1,0 +1,124 @@
+"""FlexiCubes (Shen et al. 2023) at inference, on a sparse cube table (see `sparse_grid.CubeGrid`).
+
+Per surface cube (corner signs differ): the sign case picks the cube's dual vertices and the edges each
+one averages (`cube_tables`), ambiguous faces shared by two checked cases are resolved jointly, and
+every dual vertex is the β-weighted mean of its edges' α-weighted zero crossings (colours alike). Each
+grid edge with a sign change and four cubes around it gives a quad of their dual vertices, wound so
+that it faces the positive side and split into two triangles along the diagonal of larger γ product.
+
+Results stay in static slots: dual vertex (k, g) is slot 4k + g, and cube k owns the quads of the
+three grid edges leaving its origin corner (faces [K, 3, 2, 3], two triangles per quad).
+Differentiable in the positions, sdf, weights and colours; the topology (signs) is not.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from trellis_jax.representations.mesh.cube_tables import (
+    CHECK, DMC_GROUPS, EDGE_IN_NEIGHBOUR, EDGES, ORIGIN_EDGES, QUAD_OFFSETS)
+from trellis_jax.representations.mesh.sparse_grid import SENTINEL, CubeGrid, grid_key, lookup
+
+MAX_VD = 4  # dual vertices per cube, at most
+GROUP_MEMBERS = np.any(DMC_GROUPS[..., None] == np.arange(12), 2)  # [256, 4, 12]: edge e in group g of a case
+PERPENDICULAR = np.array([[d for d in range(3) if d != a] for a in range(3)], np.int32)  # [3, 2]
+
+
+def _quad_cube_offsets() -> np.ndarray:
+    """[3, 4, 3]: for the grid edge along each axis, the offsets of its 4 cubes from the owner."""
+    out = np.zeros((3, 4, 3), np.int32)
+    for axis, (u, v) in enumerate(PERPENDICULAR):
+        out[axis, :, u], out[axis, :, v] = QUAD_OFFSETS[:, 0], QUAD_OFFSETS[:, 1]
+    return out
+
+
+QUAD_CUBE_OFFSETS = _quad_cube_offsets()
+
+
+@struct.dataclass
+class DualMesh:
+    """Slots of one sample: vertices [4K, 3], colours [4K, C], vertex_mask [4K], faces [3K·2, 3]
+    (indices of vertex slots), face_mask [3K·2]."""
+
+    vertices: jax.Array
+    colors: jax.Array
+    vertex_mask: jax.Array
+    faces: jax.Array
+    face_mask: jax.Array
+
+
+def normalized_weights(weights: jax.Array, weight_scale: float = 0.99):
+    """Raw weights [K, 21] -> β [K, 12], α [K, 8] in (0.01, 1.99) and γ [K] in (0.005, 0.995)."""
+    beta = jnp.tanh(weights[:, :12]) * weight_scale + 1
+    alpha = jnp.tanh(weights[:, 12:20]) * weight_scale + 1
+    gamma = jax.nn.sigmoid(weights[:, 20]) * weight_scale + (1 - weight_scale) / 2
+    return beta, alpha, gamma
+
+
+def case_ids(grid: CubeGrid, negative: jax.Array, surface: jax.Array) -> jax.Array:
+    """Sign case per cube [K] (bit j = corner j negative), with jointly resolved ambiguous faces."""
+    case = jnp.sum(negative.astype(jnp.int32) << jnp.arange(8, dtype=jnp.int32), -1)
+    check = jnp.asarray(CHECK)[case]
+    checked = surface & (check[:, 0] == 1)
+    adj = grid.coords + check[:, 1:4]
+    inside = jnp.all((adj >= 0) & (adj < grid.resolution), -1)
+    idx, found = lookup(grid.keys, jnp.where(checked & inside, grid_key(adj, grid.resolution), SENTINEL))
+    invert = checked & found & checked[idx]
+    return jnp.where(invert, check[:, 4], case)
+
+
+def dual_mesh(grid: CubeGrid, weight_scale: float = 0.99) -> DualMesh:
+    K = grid.keys.shape[0]
+    x = grid.vertex_positions()  # [K, 8, 3]
+    s = grid.sdf
+    color = jax.nn.sigmoid(grid.color)  # [K, 8, C]
+    negative = s < 0
+    n_neg = jnp.sum(negative, -1)
+    surface = grid.valid & (n_neg > 0) & (n_neg < 8)
+    beta, alpha, gamma = normalized_weights(grid.weights, weight_scale)
+    case = case_ids(grid, negative, surface)
+
+    # Zero crossing of every cube edge [K, 12, ·], with the cube's α at the two corners.
+    ea, eb = EDGES[:, 0], EDGES[:, 1]
+    wa, wb = s[:, ea] * alpha[:, ea], s[:, eb] * alpha[:, eb]
+    denom = jnp.where(negative[:, ea] != negative[:, eb], wb - wa, 1.0)[..., None]
+    crossing = (x[:, ea] * wb[..., None] - x[:, eb] * wa[..., None]) / denom
+    col = (color[:, ea] * wb[..., None] - color[:, eb] * wa[..., None]) / denom
+    # Dual vertices: the β-weighted mean of the crossings of their edge groups.
+    member = jnp.asarray(GROUP_MEMBERS)[case] & surface[:, None, None]  # [K, 4, 12]
+    wm = jnp.where(member, beta[:, None, :], 0.0)
+    bsum = jnp.sum(wm, -1, keepdims=True)
+    vd_mask = jnp.any(member, -1)
+    bsafe = jnp.where(vd_mask[..., None], bsum, 1.0)
+    vd = jnp.einsum("kge,ked->kgd", wm, crossing, precision="highest") / bsafe
+    vd_color = jnp.einsum("kge,ked->kgd", wm, col, precision="highest") / bsafe
+    # The dual vertex slot each cube edge belongs to [K, 12] (-1 if none).
+    edge_vd = jnp.where(jnp.any(member, 1), jnp.argmax(member, 1), -1)
+
+    # Quads: cube k owns the grid edges leaving its origin corner, one per axis; the 4 cubes around
+    # each (itself included) are found by key, in increasing key order as the reference lists them.
+    first, second = EDGES[ORIGIN_EDGES, 0], EDGES[ORIGIN_EDGES, 1]  # [3]
+    cut = negative[:, first] != negative[:, second]  # [K, 3]
+    ok = surface[:, None] & cut & jnp.all(grid.coords[:, PERPENDICULAR] >= 1, -1)
+    keys = jnp.where(ok[..., None], grid_key(grid.coords[:, None, None, :] + jnp.asarray(QUAD_CUBE_OFFSETS)[None], grid.resolution), SENTINEL)
+    idx, found = lookup(grid.keys, keys)  # [K, 3, 4]
+    g = edge_vd[idx, jnp.asarray(EDGE_IN_NEIGHBOUR)[None]]
+    ok = ok & jnp.all(found & (g >= 0), -1)
+    slots, gam = idx * MAX_VD + g, gamma[idx]
+    flip = s[:, first] > 0  # [K, 3]: wind towards the positive side
+    perm = jnp.where(flip[..., None], jnp.array([0, 1, 3, 2]), jnp.array([2, 3, 1, 0]))
+    quad = jnp.take_along_axis(slots, perm, -1)
+    qg = jnp.take_along_axis(gam, perm, -1)
+    split_02 = (qg[..., 0] * qg[..., 2]) > (qg[..., 1] * qg[..., 3])
+    tri = jnp.where(split_02[..., None, None], jnp.array([[0, 1, 2], [0, 2, 3]]), jnp.array([[0, 1, 3], [3, 1, 2]]))
+    faces = jnp.take_along_axis(quad[..., None, :], tri, -1)  # [K, 3, 2, 3]
+    face_mask = jnp.broadcast_to(ok[..., None], (K, 3, 2))
+    return DualMesh(
+        vertices=vd.reshape(K * MAX_VD, 3),
+        colors=vd_color.reshape(K * MAX_VD, -1),
+        vertex_mask=vd_mask.reshape(-1),
+        faces=faces.reshape(-1, 3).astype(jnp.int32),
+        face_mask=face_mask.reshape(-1),
+    )
