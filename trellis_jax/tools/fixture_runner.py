@@ -88,7 +88,7 @@ def run_fixture(module, params, io) -> dict[str, np.ndarray]:
             out = apply(params, x)
         coords, feats = out.to_packed()
         result = {"out_coords": coords, "out_feats": feats}
-        if isinstance(module, SLatMeshDecoder) and "out_vertices" in io.files:
+        if isinstance(module, SLatMeshDecoder) and "out_vertices" in io:
             result.update(mesh_outputs(out))
         return result
     if isinstance(module, SLatGaussianDecoder):
