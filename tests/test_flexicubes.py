@@ -114,6 +114,7 @@ def test_overflow_is_reported_per_sample_never_dropped(spheres):
     # Capacities that fit sample 1 exactly: sample 1 is complete, sample 0 overflows and says what it needs.
     tight = extract_mesh(spheres, max_vertices=int(nv[1]), max_faces=int(nf[1]))
     assert np.asarray(tight.overflow).tolist() == [True, False]
+    assert np.asarray(tight.face_mask).sum(1).tolist() == [nf[1], nf[1]]
     assert np.asarray(tight.required)[:, 1:].tolist() == np.stack([nv, nf], 1).tolist()
     for got, want in zip(tight.sample(1), full.sample(1)):
         np.testing.assert_array_equal(got, want)
@@ -133,8 +134,7 @@ def test_gradients_reach_sdf_deform_and_weights(spheres):
 
     def loss(f):
         mesh = extract_mesh(spheres.replace(feats=f))
-        vmask = jnp.arange(mesh.vertices.shape[1])[None, :, None] < mesh.num_vertices[:, None, None]
-        return jnp.sum(jnp.where(vmask, mesh.vertices * probe, 0.0))
+        return jnp.sum(jnp.where(mesh.vertex_mask[..., None], mesh.vertices * probe, 0.0))
 
     g = np.asarray(jax.jit(jax.grad(loss))(feats))
     assert np.isfinite(g).all()
