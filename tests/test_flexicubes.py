@@ -172,6 +172,15 @@ def test_matches_a_dense_grid_reference_on_noisy_fields_with_holes(spheres, tmp_
         with np.load(tmp_path / "io.npz") as io:
             errs = compare_mesh(ours, io)
         assert errs["out_vertices"] < 1e-6 and errs["out_faces"] == 0 and errs["out_vertex_attrs"] < 1e-6, (b, errs)
+    # The comparison itself sees a reversed face, a moved vertex and a missing face.
+    flipped, moved = faces.copy(), v.copy()
+    flipped[0] = flipped[0, ::-1]
+    moved[5] += [1e-3, 0, 0]
+    for bad, key in [(dict(out_faces=flipped), "out_faces"), (dict(out_vertices=moved), "out_vertices"),
+                     (dict(out_faces=faces[1:]), "out_faces")]:
+        np.savez(tmp_path / "io.npz", **{**dict(out_vertices=v, out_faces=faces, out_vertex_attrs=a), **bad})
+        with np.load(tmp_path / "io.npz") as io:
+            assert compare_mesh(ours, io)[key] >= 1e-3 - 1e-6, key
     assert all(s["inactive_surface"] > 0 for s in stats) and stats[1]["inverted"] > 0, stats
 
 
