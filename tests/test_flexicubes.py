@@ -114,6 +114,7 @@ def test_overflow_is_reported_per_sample_never_dropped(spheres):
     # Capacities that fit sample 1 exactly: sample 1 is complete, sample 0 overflows and says what it needs.
     tight = extract_mesh(spheres, max_vertices=int(nv[1]), max_faces=int(nf[1]))
     assert np.asarray(tight.overflow).tolist() == [True, False]
+    assert np.asarray(tight.face_mask).sum(1).tolist() == [nf[1], nf[1]]
     assert np.asarray(tight.required)[:, 1:].tolist() == np.stack([nv, nf], 1).tolist()
     for got, want in zip(tight.sample(1), full.sample(1)):
         np.testing.assert_array_equal(got, want)
@@ -133,8 +134,7 @@ def test_gradients_reach_sdf_deform_and_weights(spheres):
 
     def loss(f):
         mesh = extract_mesh(spheres.replace(feats=f))
-        vmask = jnp.arange(mesh.vertices.shape[1])[None, :, None] < mesh.num_vertices[:, None, None]
-        return jnp.sum(jnp.where(vmask, mesh.vertices * probe, 0.0))
+        return jnp.sum(jnp.where(mesh.vertex_mask[..., None], mesh.vertices * probe, 0.0))
 
     g = np.asarray(jax.jit(jax.grad(loss))(feats))
     assert np.isfinite(g).all()
@@ -172,6 +172,15 @@ def test_matches_a_dense_grid_reference_on_noisy_fields_with_holes(spheres, tmp_
         with np.load(tmp_path / "io.npz") as io:
             errs = compare_mesh(ours, io)
         assert errs["out_vertices"] < 1e-6 and errs["out_faces"] == 0 and errs["out_vertex_attrs"] < 1e-6, (b, errs)
+    # The comparison itself sees a reversed face, a moved vertex and a missing face.
+    flipped, moved = faces.copy(), v.copy()
+    flipped[0] = flipped[0, ::-1]
+    moved[5] += [1e-3, 0, 0]
+    for bad, key in [(dict(out_faces=flipped), "out_faces"), (dict(out_vertices=moved), "out_vertices"),
+                     (dict(out_faces=faces[1:]), "out_faces")]:
+        np.savez(tmp_path / "io.npz", **{**dict(out_vertices=v, out_faces=faces, out_vertex_attrs=a), **bad})
+        with np.load(tmp_path / "io.npz") as io:
+            assert compare_mesh(ours, io)[key] >= 1e-3 - 1e-6, key
     assert all(s["inactive_surface"] > 0 for s in stats) and stats[1]["inverted"] > 0, stats
 
 

@@ -113,6 +113,7 @@ def _tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 DMC_GROUPS, NUM_VD, CHECK = _tables()
+GROUP_MEMBERS = np.any(DMC_GROUPS[..., None] == np.arange(12), 2)  # [256, 4, 12]: edge e in group g of a case
 
 # For a grid edge along `axis` and the 4 cubes around it at offsets (du, dv) ∈ {-1, 0}² in the two
 # other axes (u < v), listed in increasing cube order: the local edge index in each of those cubes.
@@ -133,6 +134,18 @@ def _edge_in_neighbour() -> np.ndarray:
 
 
 EDGE_IN_NEIGHBOUR = _edge_in_neighbour()
+PERPENDICULAR = np.array([[d for d in range(3) if d != a] for a in range(3)], np.int32)  # [3, 2] (u, v) per axis
+
+
+def _quad_cube_offsets() -> np.ndarray:
+    out = np.zeros((3, 4, 3), np.int32)
+    for axis, (u, v) in enumerate(PERPENDICULAR):
+        out[axis, :, u], out[axis, :, v] = QUAD_OFFSETS[:, 0], QUAD_OFFSETS[:, 1]
+    return out
+
+
+# [3, 4, 3]: the offsets of the 4 cubes around a grid edge along each axis from the cube at its low end.
+QUAD_CUBE_OFFSETS = _quad_cube_offsets()
 # The three edges leaving corner 0 (one per axis): a cube owns the grid edges starting at its origin.
 ORIGIN_EDGES = np.array([next(e for e in range(12) if EDGE_AXIS[e] == a and EDGE_LOW_CORNER[e] == 0) for a in range(3)], np.int32)
 

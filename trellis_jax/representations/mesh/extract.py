@@ -42,6 +42,16 @@ class Mesh:
     overflow: jax.Array
     required: jax.Array
 
+    @property
+    def vertex_mask(self) -> jax.Array:
+        """bool [B, V]: the valid vertex rows."""
+        return jnp.arange(self.vertices.shape[1])[None] < self.num_vertices[:, None]
+
+    @property
+    def face_mask(self) -> jax.Array:
+        """bool [B, F]: the valid face rows."""
+        return jnp.arange(self.faces.shape[1])[None] < self.num_faces[:, None]
+
     def sample(self, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Host arrays (vertices [n, 3], faces [m, 3], vertex_attrs [n, A]) of sample b; raises
         `CapacityError` when that sample overflowed (an incomplete mesh is never returned)."""

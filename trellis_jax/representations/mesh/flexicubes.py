@@ -1,4 +1,4 @@
-"""FlexiCubes (Shen et al. 2023) at inference, on a sparse cube table (see `sparse_grid.CubeGrid`).
+"""FlexiCubes at inference, on a sparse cube table (see `sparse_grid.CubeGrid`).
 
 Per surface cube (corner signs differ): the sign case picks the cube's dual vertices and the edges each
 one averages (`cube_tables`), ambiguous faces shared by two checked cases are resolved jointly, and
@@ -14,27 +14,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from trellis_jax.representations.mesh.cube_tables import (
-    CHECK, DMC_GROUPS, EDGE_IN_NEIGHBOUR, EDGES, ORIGIN_EDGES, QUAD_OFFSETS)
+    CHECK, EDGE_IN_NEIGHBOUR, EDGES, GROUP_MEMBERS, ORIGIN_EDGES, PERPENDICULAR, QUAD_CUBE_OFFSETS)
 from trellis_jax.representations.mesh.sparse_grid import SENTINEL, CubeGrid, grid_key, lookup
 
 MAX_VD = 4  # dual vertices per cube, at most
-GROUP_MEMBERS = np.any(DMC_GROUPS[..., None] == np.arange(12), 2)  # [256, 4, 12]: edge e in group g of a case
-PERPENDICULAR = np.array([[d for d in range(3) if d != a] for a in range(3)], np.int32)  # [3, 2]
-
-
-def _quad_cube_offsets() -> np.ndarray:
-    """[3, 4, 3]: for the grid edge along each axis, the offsets of its 4 cubes from the owner."""
-    out = np.zeros((3, 4, 3), np.int32)
-    for axis, (u, v) in enumerate(PERPENDICULAR):
-        out[axis, :, u], out[axis, :, v] = QUAD_OFFSETS[:, 0], QUAD_OFFSETS[:, 1]
-    return out
-
-
-QUAD_CUBE_OFFSETS = _quad_cube_offsets()
 
 
 @struct.dataclass
