@@ -9,21 +9,6 @@ from PIL import Image
 
 from trellis_jax import cli
 from trellis_jax.export.gaussian_ply import read_gaussian_ply
-from trellis_jax.sampling.random_pipeline import write_random_pipeline
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return write_random_pipeline(tmp_path_factory.mktemp("pipe") / "weights", steps=2)
-
-
-@pytest.fixture(scope="module")
-def prompt(tmp_path_factory):
-    img = np.zeros((64, 64, 4), np.uint8)
-    img[16:48, 20:44] = (200, 60, 40, 255)
-    p = tmp_path_factory.mktemp("prompt") / "red.png"
-    Image.fromarray(img).save(p)
-    return p
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ save never leaves a corrupt checkpoint behind.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from trellis_jax.atomic import atomic_write_many
 from trellis_jax.checkpoints import keymap
 from trellis_jax.models.registry import build_model, dummy_inputs
 
@@ -139,22 +139,6 @@ def export_state_dict(params: dict, use_fp16: bool) -> dict[str, np.ndarray]:
     return out
 
 
-def _write_atomically(writers: dict[Path, Any]) -> None:
-    """Write every file to a temporary sibling first, then rename them all into place: an interrupted
-    or failing save leaves any existing checkpoint untouched."""
-    tmps = {}
-    try:
-        for path, write in writers.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmps[path] = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            write(tmps[path])
-        for path, tmp in tmps.items():
-            os.replace(tmp, path)
-    finally:
-        for tmp in tmps.values():
-            tmp.unlink(missing_ok=True)
-
-
 def save_model(path: str | Path, class_name: str, args: dict, params: dict, name: str | None = None) -> tuple[Path, Path]:
     """Write `PREFIX.json` + `PREFIX.safetensors` in the official layout and dtypes (atomically).
 
@@ -166,7 +150,7 @@ def save_model(path: str | Path, class_name: str, args: dict, params: dict, name
     json_path, st_path = _paths(Path(path) / name if name is not None else path)
     tensors = export_state_dict(params, bool(args.get("use_fp16", False)))
     config = json.dumps({"name": class_name, "args": args}, indent=4)
-    _write_atomically({st_path: lambda p: save_file(tensors, str(p)), json_path: lambda p: p.write_text(config)})
+    atomic_write_many({st_path: lambda p: save_file(tensors, str(p)), json_path: lambda p: p.write_text(config)})
     return json_path, st_path
 
 

@@ -133,6 +133,10 @@ class CLIPTokenizer:
         enc = self._tok(list(texts), padding="max_length", max_length=context_length, truncation=True)
         return np.asarray(enc["input_ids"], np.int32)
 
+    def count(self, text: str) -> int:
+        """Tokens of `text` with SOT/EOT, untruncated (more than CONTEXT_LENGTH are cut by __call__)."""
+        return len(self._tok(text, truncation=False)["input_ids"])
+
 
 if __name__ == "__main__":
     if "--fetch" in sys.argv:

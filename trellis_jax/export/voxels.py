@@ -1,11 +1,11 @@
 """Voxel structures as point-cloud PLY (the reference's `voxels/*.ply`) and as a cube-mesh GLB."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from trellis_jax.atomic import atomic_write
 from trellis_jax.export.gaussian_ply import write_structured_ply
 
 
@@ -39,9 +39,4 @@ def save_voxel_glb(path, coords: np.ndarray, resolution: int = 64, colors: np.nd
     if colors is not None:
         rgba = np.concatenate([np.clip(np.asarray(colors), 0, 1), np.ones((len(coords), 1))], -1)
         mesh.visual.vertex_colors = (np.repeat(rgba, len(box.vertices), 0) * 255).astype(np.uint8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(mesh.export(file_type="glb"))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: tmp.write_bytes(mesh.export(file_type="glb")))
