@@ -44,7 +44,10 @@ def load_generator(weights: str | Path, *, capacity: int = 32768, image_encoder=
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {v}")
     weights = Path(weights)
     loaded = load_pipeline(weights, search_roots=search_roots)
-    pipe = TrellisPipeline.from_checkpoint(loaded, capacity=capacity, **sampler_overrides)
+    try:
+        pipe = TrellisPipeline.from_checkpoint(loaded, capacity=capacity, **sampler_overrides)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"{weights / 'pipeline.json'}: bad sampler settings ({e.args[0] if isinstance(e, KeyError) else e})") from e
     for stage, sampler in (("sparse_structure_sampler", pipe.ss_sampler), ("slat_sampler", pipe.slat_sampler)):
         if int(sampler.steps) < 1:
             raise ValueError(f"{weights / 'pipeline.json'}: {stage} steps must be >= 1, got {sampler.steps}")
