@@ -292,11 +292,11 @@ def make_loader(data: str | Sequence[str], stage: str, *, batch_size: int, cond:
     shard paths. Sharded by JAX process unless shard_index/shard_count are given."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r} (expected one of {STAGES})")
+    if stage != "ss_flow" and isinstance(data, str):
+        check_voxel_resolution(data, resolution)
     paths = shards.list_shards(data) if isinstance(data, str) else list(data)
     if not paths:
         raise FileNotFoundError(f"no committed shards under {data}")
-    if stage != "ss_flow" and isinstance(data, str):
-        check_voxel_resolution(data, resolution)
     fields = _STAGE_FIELDS[stage] + (_COND_FIELDS if cond == "image" else ())
     source = RecordSource(paths, fields, max_corrupt_records)
     if shard_index is None or shard_count is None:

@@ -70,12 +70,12 @@ _WRITE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-onl
 
 
 def _write_problem(e: BaseException) -> str | None:
-    """'no space left on device' etc. if `e` or one of its causes is such an OSError (or names it), else None."""
+    """'no space left on device' etc. if `e` or one of its causes is an OSError (or names such an error), else None."""
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
-            return f"{_WRITE_ERRNOS[e.errno]} ({e.filename or e})"
+        if isinstance(e, OSError):
+            return f"{_WRITE_ERRNOS.get(e.errno, e.strerror or str(e))} ({e.filename or e})"
         for code, text in _WRITE_ERRNOS.items():
             if os.strerror(code) in str(e):
                 return text
