@@ -58,7 +58,7 @@ def main(argv=None) -> int:
         if problem is not None:
             print(f"train: error: cannot write to the workdir {args.workdir}: {problem}", file=sys.stderr, flush=True)
             return 1
-        if isinstance(e, (ValueError, KeyError)):  # config values, data set / config mismatch, corrupt records
+        if isinstance(e, (ValueError, KeyError, OSError)):  # config values, data set / config mismatch, corrupt records
             print(f"train: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr, flush=True)
             return 2
         raise
@@ -74,7 +74,7 @@ def _write_problem(e: BaseException) -> str | None:
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, OSError):
+        if isinstance(e, OSError) and e.errno is not None:  # (an OSError raised with only a message is an input error)
             return f"{_WRITE_ERRNOS.get(e.errno, e.strerror or str(e))} ({e.filename or e})"
         for code, text in _WRITE_ERRNOS.items():
             if os.strerror(code) in str(e):
