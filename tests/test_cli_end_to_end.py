@@ -32,6 +32,7 @@ def test_generate_writes_every_output_file(generated, capsys):
     assert rc == 0
     dirs = sorted(out.glob("sample_*"))
     assert [d.name for d in dirs] == ["sample_00_seed3", "sample_01_seed7"]
+    assert not [p for p in out.rglob("*") if ".partial" in p.name or p.name.endswith(".tmp")]  # nothing left half-written
     for d in dirs:
         for f in ("gaussians.ply", "voxels.ply", "voxels.glb", "preview.png", "latents.npz"):
             assert (d / f).stat().st_size > 0, f
