@@ -31,6 +31,7 @@ from data_pipeline import config as config_lib
 from data_pipeline import schema, shards
 from data_pipeline.ingest import AssetError
 from trellis_jax.atomic import atomic_write_text
+from trellis_jax.workdir_lock import WorkdirLock, WorkdirLockedError
 
 FAILURES = "failures.jsonl"
 WARNINGS = "warnings.jsonl"
@@ -86,10 +87,16 @@ def check_same_config(out: str, cfg) -> None:
 
 def build(manifest: list[dict], out: str, cfg, *, retry_failures: bool = False, progress: bool = True,
           processor=None, log=print) -> dict:
-    """Process every manifest entry not yet done; returns a summary dict (counts, timings, rate)."""
+    """Process every manifest entry not yet done; returns a summary dict (counts, timings, rate).
+    Holds OUT/LOCK meanwhile: a second build on the same OUT stops naming the first (WorkdirLockedError)."""
+    os.makedirs(out, exist_ok=True)
+    with WorkdirLock(out, log):  # one builder per dataset directory
+        return _build(manifest, out, cfg, retry_failures=retry_failures, progress=progress, processor=processor, log=log)
+
+
+def _build(manifest, out, cfg, *, retry_failures, progress, processor, log) -> dict:
     from data_pipeline.process import AssetProcessor
 
-    os.makedirs(out, exist_ok=True)
     check_same_config(out, cfg)
     atomic_write_text(os.path.join(out, "dataset.json"),
                       json.dumps({"schema_version": schema.SCHEMA_VERSION, "config": cfg.to_dict()}, indent=1))
@@ -153,7 +160,7 @@ def main(argv=None):
         cfg = config_lib.load_config(args.config, args.set)
         manifest = config_lib.read_manifest(args.manifest)[: args.limit]
         summary = build(manifest, args.out, cfg, retry_failures=args.retry_failures, progress=not args.no_progress)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError, WorkdirLockedError) as e:
         print(f"trellis-jax build-data: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
     if summary["failed"] and not summary["processed"]:

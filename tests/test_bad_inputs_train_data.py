@@ -76,7 +76,7 @@ def live_process():
 
 
 def test_second_train_on_a_locked_workdir_stops_naming_the_holder(tmp_path, capsys, live_process):
-    from trellis_jax.training.workdir_lock import _proc_start_ticks
+    from trellis_jax.workdir_lock import _proc_start_ticks
 
     w = tmp_path / "w"
     w.mkdir()
@@ -91,7 +91,7 @@ def test_second_train_on_a_locked_workdir_stops_naming_the_holder(tmp_path, caps
 
 
 def test_stale_locks_are_taken_over_live_ones_are_not(tmp_path, live_process):
-    from trellis_jax.training import workdir_lock as wl
+    from trellis_jax import workdir_lock as wl
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -116,7 +116,7 @@ def test_stale_locks_are_taken_over_live_ones_are_not(tmp_path, live_process):
 
 
 def test_of_two_simultaneous_lockers_exactly_one_wins(tmp_path):
-    from trellis_jax.training import workdir_lock as wl
+    from trellis_jax import workdir_lock as wl
 
     results, barrier = [], threading.Barrier(8)
 
@@ -156,6 +156,15 @@ def test_build_data_restart_with_another_config_is_refused(tmp_path, capsys):
                        "--set", "voxel_resolution=32", "--set", "batch_views=2")
     assert rc == 2 and str(out / "dataset.json") in line and "voxel_resolution: 64 -> 32" in line and "batch_views" not in line
     assert (out / "dataset.json").read_bytes() == before
+
+
+def test_second_build_data_on_one_out_stops_naming_the_first(tmp_path, capsys, live_process):
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "LOCK").write_text(json.dumps({"host": socket.gethostname(), "pid": live_process.pid, "start_ticks": None}))
+    (tmp_path / "m.json").write_text("[]")
+    rc, line = run_cli(capsys, "build-data", "--manifest", tmp_path / "m.json", "--out", out, "--no-progress")
+    assert rc == 2 and f"pid {live_process.pid}" in line and not (out / "dataset.json").exists()
 
 
 def test_build_data_exits_nonzero_when_every_asset_failed(tmp_path, capsys):

@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         return 2
     from trellis_jax.training.checkpoint import CheckpointError
     from trellis_jax.training.trainer import NonFiniteError, run
-    from trellis_jax.training.workdir_lock import WorkdirLockedError
+    from trellis_jax.workdir_lock import WorkdirLockedError
 
     try:
         run(cfg, args.workdir)

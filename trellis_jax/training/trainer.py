@@ -114,9 +114,9 @@ def check_run_config(cfg) -> None:
 def run(cfg, workdir: str | Path, log=print) -> dict:
     """Train cfg.total_steps steps in `workdir` (resuming from its latest checkpoint). Returns a summary.
 
-    Holds `workdir/LOCK` (trellis_jax.training.workdir_lock) on process 0 for the whole run, so a
+    Holds `workdir/LOCK` (trellis_jax.workdir_lock) on process 0 for the whole run, so a
     second run on the same workdir stops at once with `WorkdirLockedError` naming the holder."""
-    from trellis_jax.training.workdir_lock import WorkdirLock
+    from trellis_jax.workdir_lock import WorkdirLock
 
     check_run_config(cfg)
     sh.maybe_initialize_distributed(cfg)

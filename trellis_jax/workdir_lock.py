@@ -1,14 +1,15 @@
-"""One writer per training workdir: `WORKDIR/LOCK` names the holder (host, pid, start time).
+"""One writer per working directory (a training workdir, a build-data --out): `DIR/LOCK` names the
+holder (host, pid, start time).
 
     with WorkdirLock(workdir):      # WorkdirLockedError naming the holder if another run holds it
-        ...train...
+        ...write into workdir...
 
 The lock is created with O_EXCL, so of two runs started together exactly one gets it. The holder
 refreshes the file's mtime every `HEARTBEAT_S` seconds from a daemon thread. A lock is stale (taken
 over, with a message) when its holder's process is gone on this host (pid dead, or the pid reused by
 a process started later), or, on any host, when its heartbeat is older than `STALE_AFTER_S` (a pod
 job relaunched on another machine). Taking over a stale lock is itself guarded by an O_EXCL file,
-so two runs cannot both take it. On a multi-host run only process 0 holds the lock.
+so two runs cannot both take it. On a multi-host training run only process 0 holds the lock.
 """
 from __future__ import annotations
 
@@ -99,7 +100,7 @@ class WorkdirLock:
         os.close(fd)
         try:
             if self._read() == holder and self.stale_reason(holder):  # nobody replaced it meanwhile
-                self.log(f"train: taking over the stale lock {self.path} of {holder} ({reason})")
+                self.log(f"taking over the stale lock {self.path} of {holder} ({reason})")
                 self.path.unlink(missing_ok=True)
         finally:
             guard.unlink(missing_ok=True)
@@ -116,7 +117,7 @@ class WorkdirLock:
                 h = holder or {}
                 raise WorkdirLockedError(
                     f"{self.path.parent} is in use by pid {h.get('pid')} on host {h.get('host')} (started {h.get('started')}); "
-                    f"wait for it, use another --workdir, or delete {self.path} if that run is gone")
+                    f"wait for it, use another directory, or delete {self.path} if that run is gone")
             self._take_over(holder, reason)
             time.sleep(0.05)
         raise WorkdirLockedError(f"{self.path}: could not acquire the lock (contended); retry")
