@@ -116,5 +116,6 @@ def write_manifest(path: str, entries: list[dict]):
         row = dict(e)
         row["path"] = os.path.relpath(os.path.abspath(e["path"]), base)
         rows.append(row)
-    with open(path, "w") as f:
-        json.dump({"assets": rows}, f, indent=1)
+    from trellis_jax.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps({"assets": rows}, indent=1))
