@@ -3,8 +3,10 @@
     trellis-jax edit variation --weights DIR --asset S/latents.npz (--image X.png | --text "...") --out OUT
         keep the voxel structure, resample the local latents (details/appearance) under a new condition
     trellis-jax edit region --weights DIR --asset S/latents.npz --box X0 Y0 Z0 X1 Y1 Z1 (--image|--text) --out OUT
-        regenerate the voxels and latents inside the box [X0,X1)×[Y0,Y1)×[Z0,Z1) (voxel indices) with
-        RePaint; everything outside is kept
+        regenerate the voxels and latents inside the box [X0,X1)×[Y0,Y1)×[Z0,Z1) (voxel indices of the
+        model's grid: 0..63 for the released models, 0..31 for the demo's 32³) with RePaint; everything
+        outside is kept. A box outside the grid or empty, and an edited structure past --capacity, are errors.
+OUT must not exist yet (or be empty); the asset is assembled as `OUT.partial-*` and renamed when complete.
 """
 from __future__ import annotations
 
