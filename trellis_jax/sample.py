@@ -90,6 +90,11 @@ def resolve_seeds(seeds, n: int) -> list[int]:
     return seeds
 
 
+def _savez(path: Path, arrays: dict) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append '.npz' to a temp name
+        np.savez(f, **arrays)
+
+
 def export_sample(out: dict, b: int, directory: Path, resolution: int = 64) -> dict[str, Path]:
     """Write one sample's files into `directory` (assembled as `<directory>.partial-*`, renamed when
     complete; an existing non-empty `directory` is an error); returns the final paths."""
@@ -119,7 +124,7 @@ def export_sample(out: dict, b: int, directory: Path, resolution: int = 64) -> d
         names["voxels_glb"] = "voxels.glb"
         extra = {"ss_latent": np.asarray(out["ss_latent"][b])} if "ss_latent" in out else {}
         arrays = dict(coords=coords.astype(np.uint8 if resolution <= 256 else np.int32), feats=feats, **extra)
-        atomic_write(tmp / "latents.npz", lambda t: np.savez(open(t, "wb"), **arrays))
+        atomic_write(tmp / "latents.npz", lambda t: _savez(t, arrays))
         names["latents_npz"] = "latents.npz"
     return {k: directory / v for k, v in names.items()}
 
@@ -221,9 +226,11 @@ def generate(pipe: TrellisPipeline, cond_model, kind: str, *, images=(), texts=(
     results = []
     for b in range(n):
         d = sample_dir(out_dir, b, seeds[b])
-        if not out["ok"][b]:
+        finite = bool(np.isfinite(np.asarray(out["latents"][b])[np.asarray(out["mask"][b])]).all())
+        if not out["ok"][b] or not finite:
             nv = int(counts[b])
-            reason = "empty structure" if nv == 0 else f"{nv} voxels exceed the capacity {pipe.capacity}; raise --capacity"
+            reason = ("NaN/Inf latents" if not finite and out["ok"][b] else "empty structure" if nv == 0
+                      else f"{nv} voxels exceed the capacity {pipe.capacity}; raise --capacity")
             log(f"sample {b} ({prompts[b]}): NOT exported ({reason})")
             continue
         files = export_sample(out, b, d, resolution)
