@@ -114,7 +114,9 @@ class WorkdirLock:
             holder = self._read()
             reason = self.stale_reason(holder)
             if reason is None:
-                h = holder or {}
+                if holder is None:
+                    raise WorkdirLockedError(f"{self.path.parent} is being locked by another run right now ({self.path})")
+                h = holder
                 raise WorkdirLockedError(
                     f"{self.path.parent} is in use by pid {h.get('pid')} on host {h.get('host')} (started {h.get('started')}); "
                     f"wait for it, use another directory, or delete {self.path} if that run is gone")
