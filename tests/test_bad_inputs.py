@@ -206,9 +206,9 @@ def test_export_bad_weights_and_existing_out(weights, tmp_path, capsys):
 
 # --------------------------------------------------------------------------------------------- edit
 @pytest.mark.parametrize("box, expect", [
-    ((8, 0, 0, 4, 32, 32), "need 0 <= X0 < X1 <= 32"),    # inverted
-    ((0, 0, 0, 64, 64, 64), "need 0 <= X0 < X1 <= 32"),   # outside the demo-size grid
-    ((-2, 0, 0, 4, 4, 4), "need 0 <= X0 < X1 <= 32"),
+    ((8, 0, 0, 4, 32, 32), "need 0 <= X0 < X1 (and likewise"),  # inverted: refused before loading the model
+    ((-2, 0, 0, 4, 4, 4), "need 0 <= X0 < X1 (and likewise"),
+    ((0, 0, 0, 64, 64, 64), "need 0 <= X0 < X1 <= 32"),          # outside the demo-size grid
 ])
 def test_edit_box_outside_grid_or_inverted(weights, prompt, tmp_path, capsys, box, expect):
     lat = write_latents(tmp_path / "latents.npz")

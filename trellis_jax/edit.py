@@ -29,12 +29,13 @@ def _pad_asset(coords: np.ndarray, feats: np.ndarray, capacity: int):
     return jnp.asarray(c), jnp.asarray(np.arange(capacity)[None] < len(coords)), jnp.asarray(f)
 
 
-def check_box(box, resolution: int) -> None:
-    """[X0, Y0, Z0, X1, Y1, Z1] must be a non-empty box inside the 0..resolution grid."""
+def check_box(box, resolution: int | None) -> None:
+    """[X0, Y0, Z0, X1, Y1, Z1] must be a non-empty box inside the 0..resolution grid (resolution None:
+    only what can be checked before the model is loaded)."""
     lo, hi = np.asarray(box[:3]), np.asarray(box[3:])
-    if (lo < 0).any() or (hi > resolution).any() or (lo >= hi).any():
-        raise ValueError(f"--box {' '.join(map(str, box))}: need 0 <= X0 < X1 <= {resolution} (and likewise for Y, Z) "
-                         f"on the asset's {resolution}^3 grid")
+    if (lo < 0).any() or (lo >= hi).any() or (resolution is not None and (hi > resolution).any()):
+        grid = f" <= {resolution} (and likewise for Y, Z) on the model's {resolution}^3 grid" if resolution else " (and likewise for Y, Z)"
+        raise ValueError(f"--box {' '.join(map(str, box))}: need 0 <= X0 < X1{grid}")
 
 
 def main(argv=None) -> int:
@@ -59,6 +60,8 @@ def main(argv=None) -> int:
         coords, feats, ss = read_latents(args.asset)
         if args.mode == "region" and (args.box is None or ss is None):
             raise ValueError("region editing needs --box and an asset saved with its ss_latent")
+        if args.mode == "region":
+            check_box(args.box, None)
         if len(coords) > args.capacity:
             raise ValueError(f"{args.asset}: {len(coords)} voxels exceed --capacity {args.capacity}")
         image = read_image(args.image) if args.image else None
