@@ -85,9 +85,13 @@ def _append_failures(rows, out):
 
 def run(manifest: list[dict], out: str, cfg, *, num_shards: int = 16, beam_args: list[str] | None = None) -> dict:
     """Build the dataset with Beam; returns counts."""
+    from data_pipeline.build import check_same_config
+    from trellis_jax.atomic import atomic_write_text
+
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "dataset.json"), "w") as f:
-        json.dump({"schema_version": schema.SCHEMA_VERSION, "config": cfg.to_dict()}, f, indent=1)
+    check_same_config(out, cfg)
+    atomic_write_text(os.path.join(out, "dataset.json"),
+                      json.dumps({"schema_version": schema.SCHEMA_VERSION, "config": cfg.to_dict()}, indent=1))
     done, failed = shards.committed_ids(out), read_failures(out)
     todo = [e for e in manifest if e["id"] not in done and e["id"] not in failed]
     run_tag = time.strftime("%Y%m%d%H%M%S")

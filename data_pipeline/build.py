@@ -6,12 +6,16 @@
 Output directory:
     DIR/shards/data-NNNNN.arrayrecord (+ .ids.json)   records, schema in data_pipeline/schema.py
     DIR/failures.jsonl                                one JSON line per bad asset: id, path, stage, reason
+    DIR/warnings.jsonl                                one JSON line per accepted asset with a problem (e.g.
+                                                      a missing texture file; also in the record's meta)
     DIR/dataset.json                                  schema version and the config used
 
 Restart semantics: assets in committed shards and assets listed in failures.jsonl are skipped; the
 shard that was open when a run died is discarded and its assets are redone, so after any sequence of
 crashes and restarts every asset is in the final shards exactly once (or in failures.jsonl).
-`--retry-failures` gives failed assets another try.
+`--retry-failures` gives failed assets another try. A restart with a config that differs from the
+stored dataset.json (other than the execution-only keys in RESTART_FREE_KEYS) is refused, naming the
+keys, so one dataset never mixes records of two settings. The exit code is 1 when every asset failed.
 """
 from __future__ import annotations
 
@@ -26,8 +30,12 @@ from tqdm import tqdm
 from data_pipeline import config as config_lib
 from data_pipeline import schema, shards
 from data_pipeline.ingest import AssetError
+from trellis_jax.atomic import atomic_write_text
+from trellis_jax.workdir_lock import WorkdirLock, WorkdirLockedError
 
 FAILURES = "failures.jsonl"
+WARNINGS = "warnings.jsonl"
+RESTART_FREE_KEYS = ("batch_views", "shard_size")  # change how, not what, is written
 MAX_CONSECUTIVE_UNEXPECTED = 20
 
 
@@ -48,21 +56,50 @@ def read_failures(root: str) -> dict[str, dict]:
     return out
 
 
-def _append_failure(root: str, row: dict):
-    with open(os.path.join(root, FAILURES), "a") as f:
+def _append_failure(root: str, row: dict, name: str = FAILURES):
+    with open(os.path.join(root, name), "a") as f:
         f.write(json.dumps(row) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
 
+def check_same_config(out: str, cfg) -> None:
+    """ValueError naming the differing keys if OUT/dataset.json was written with another config."""
+    path = os.path.join(out, "dataset.json")
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            stored = json.load(f)
+        old = stored["config"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: unreadable ({e}); move it away only if the dataset is empty") from e
+    if stored.get("schema_version") != schema.SCHEMA_VERSION:
+        raise ValueError(f"{path}: dataset written with record schema {stored.get('schema_version')}, "
+                         f"this code writes {schema.SCHEMA_VERSION}; use a new --out")
+    new = cfg.to_dict()
+    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if k not in RESTART_FREE_KEYS and old.get(k) != new.get(k)]
+    if diff:
+        raise ValueError(f"{path}: this dataset was built with another config ({'; '.join(diff)}); "
+                         f"restart with the same settings or use a new --out")
+
+
 def build(manifest: list[dict], out: str, cfg, *, retry_failures: bool = False, progress: bool = True,
           processor=None, log=print) -> dict:
-    """Process every manifest entry not yet done; returns a summary dict (counts, timings, rate)."""
+    """Process every manifest entry not yet done; returns a summary dict (counts, timings, rate).
+    Holds OUT/LOCK meanwhile: a second build on the same OUT stops naming the first (WorkdirLockedError)."""
+    os.makedirs(out, exist_ok=True)
+    with WorkdirLock(out, log):  # one builder per dataset directory
+        return _build(manifest, out, cfg, retry_failures=retry_failures, progress=progress, processor=processor, log=log)
+
+
+def _build(manifest, out, cfg, *, retry_failures, progress, processor, log) -> dict:
     from data_pipeline.process import AssetProcessor
 
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "dataset.json"), "w") as f:
-        json.dump({"schema_version": schema.SCHEMA_VERSION, "config": cfg.to_dict()}, f, indent=1)
+    check_same_config(out, cfg)
+    atomic_write_text(os.path.join(out, "dataset.json"),
+                      json.dumps({"schema_version": schema.SCHEMA_VERSION, "config": cfg.to_dict()}, indent=1))
     failures = read_failures(out)
     if retry_failures and failures:
         os.replace(os.path.join(out, FAILURES), os.path.join(out, FAILURES + ".previous"))
@@ -91,6 +128,9 @@ def build(manifest: list[dict], out: str, cfg, *, retry_failures: bool = False, 
                                        f"(last: {type(e).__name__}: {e}); stopping, see {FAILURES}") from e
                 continue
             unexpected_streak = 0
+            for warning in getattr(proc, "warnings", ()):
+                log(f"build: {entry['id']}: WARNING: {warning}")
+                _append_failure(out, {"id": entry["id"], "path": entry["path"], "warning": warning}, WARNINGS)
             writer.add(entry["id"], record)
             n_ok += 1
         writer.close()
@@ -116,10 +156,19 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=None, help="only the first N manifest entries")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    cfg = config_lib.load_config(args.config, args.set)
-    manifest = config_lib.read_manifest(args.manifest)[: args.limit]
-    build(manifest, args.out, cfg, retry_failures=args.retry_failures, progress=not args.no_progress)
+    try:
+        cfg = config_lib.load_config(args.config, args.set)
+        manifest = config_lib.read_manifest(args.manifest)[: args.limit]
+        summary = build(manifest, args.out, cfg, retry_failures=args.retry_failures, progress=not args.no_progress)
+    except (OSError, ValueError, KeyError, RuntimeError, WorkdirLockedError) as e:
+        print(f"trellis-jax build-data: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+    if summary["failed"] and not summary["processed"]:
+        print(f"trellis-jax build-data: error: every asset failed ({summary['failed']}); see "
+              f"{os.path.join(args.out, FAILURES)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -157,19 +158,26 @@ def pybullet_data_dir(download: bool = True) -> str | None:
         wheels = glob.glob(os.path.join(tmp, "pybullet-*.whl"))
         if not wheels:
             return None
-        staging = target + ".partial"
-        with zipfile.ZipFile(wheels[0]) as z:
-            for info in z.infolist():
-                name = info.filename
-                if not name.startswith("pybullet_data/") or info.is_dir():
-                    continue
-                rel = name[len("pybullet_data/"):]
-                top_level = "/" not in rel
-                if (top_level and info.file_size <= _MAX_TOP_LEVEL_FILE) or rel.startswith(_EXTRACT_DIRS):
-                    z.extract(info, os.path.dirname(staging) + "/_unzip")
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        os.replace(os.path.join(os.path.dirname(staging), "_unzip", "pybullet_data"), target)
-        os.rmdir(os.path.join(os.path.dirname(staging), "_unzip"))
+        unzip = tempfile.mkdtemp(prefix=".pybullet_data.partial-", dir=os.path.dirname(target))  # unique per run
+        try:
+            with zipfile.ZipFile(wheels[0]) as z:
+                for info in z.infolist():
+                    name = info.filename
+                    if not name.startswith("pybullet_data/") or info.is_dir():
+                        continue
+                    rel = name[len("pybullet_data/"):]
+                    top_level = "/" not in rel
+                    if (top_level and info.file_size <= _MAX_TOP_LEVEL_FILE) or rel.startswith(_EXTRACT_DIRS):
+                        z.extract(info, unzip)
+            try:
+                os.replace(os.path.join(unzip, "pybullet_data"), target)
+            except OSError:  # another process installed it meanwhile
+                if not os.path.exists(os.path.join(target, ".complete")):
+                    raise
+                return target
+        finally:
+            shutil.rmtree(unzip, ignore_errors=True)
         open(os.path.join(target, ".complete"), "w").close()
     return target
 

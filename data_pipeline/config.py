@@ -59,7 +59,10 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
             parsed = json.loads(value)
         except ValueError:
             parsed = value
-        cfg[key] = parsed
+        try:
+            cfg[key] = parsed
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"override {item!r}: {e}") from e
     unknown = set(cfg.keys()) - known
     if unknown:
         raise KeyError(f"unknown config key(s) {sorted(unknown)} in {path} (known: {sorted(known)})")
@@ -69,6 +72,8 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
 def read_manifest(path: str) -> list[dict]:
     """Manifest entries [{'id', 'path', 'captions', 'up'?}], paths resolved relative to the manifest."""
     base = os.path.dirname(os.path.abspath(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: manifest not found")
     if path.endswith(".csv"):
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
@@ -79,9 +84,14 @@ def read_manifest(path: str) -> list[dict]:
             else:
                 row["captions"] = [c for c in caps.split("|") if c] if caps else []
     else:
-        with open(path) as f:
-            data = json.load(f)
-        rows = data["assets"] if isinstance(data, dict) else data
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{path}: invalid JSON ({e})") from e
+        rows = data.get("assets") if isinstance(data, dict) else data
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ValueError(f'{path}: expected a list of entries or {{"assets": [...]}} with id and path')
     entries, seen = [], set()
     for i, row in enumerate(rows):
         for key in ("id", "path"):
@@ -106,5 +116,6 @@ def write_manifest(path: str, entries: list[dict]):
         row = dict(e)
         row["path"] = os.path.relpath(os.path.abspath(e["path"]), base)
         rows.append(row)
-    with open(path, "w") as f:
-        json.dump({"assets": rows}, f, indent=1)
+    from trellis_jax.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps({"assets": rows}, indent=1))

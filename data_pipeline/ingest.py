@@ -39,6 +39,7 @@ class Asset:
     scale: float
     offset: np.ndarray
     source: str
+    warnings: list[str] = dataclasses.field(default_factory=list)  # e.g. missing texture files
 
     @property
     def num_faces(self) -> int:
@@ -60,6 +61,35 @@ class Asset:
 
 def _file_format(path: str) -> str:
     return os.path.splitext(path)[1].lower().lstrip(".")
+
+
+def missing_textures(path: str) -> list[str]:
+    """Texture / material files an OBJ (mtllib, map_*) or a .gltf (image uris) refers to that do not exist.
+
+    trimesh loads such assets without the texture (grey) with only a log line; the builder records
+    these in the record's metadata and in warnings.jsonl instead."""
+    fmt, base, refs = _file_format(path), os.path.dirname(path), []
+    try:
+        if fmt == "obj":
+            with open(path, errors="replace") as f:
+                libs = [line.split(None, 1)[1].strip() for line in f if line.startswith("mtllib") and len(line.split()) > 1]
+            for lib in libs:
+                lib_path = os.path.join(base, lib)
+                refs.append(lib_path)
+                if os.path.isfile(lib_path):
+                    with open(lib_path, errors="replace") as f:
+                        refs += [os.path.join(os.path.dirname(lib_path), line.split()[-1]) for line in f
+                                 if line.strip().lower().startswith(("map_", "bump", "disp", "norm")) and len(line.split()) > 1]
+        elif fmt == "gltf":
+            import json
+
+            with open(path) as f:
+                doc = json.load(f)
+            refs = [os.path.join(base, im["uri"]) for im in doc.get("images", [])
+                    if isinstance(im.get("uri"), str) and not im["uri"].startswith("data:")]
+    except (OSError, ValueError):
+        return []  # the loader reports an unreadable file itself
+    return [f"missing texture/material file {r}" for r in dict.fromkeys(refs) if not os.path.isfile(r)]
 
 
 def load_meshes(path: str) -> list[trimesh.Trimesh]:
@@ -110,7 +140,9 @@ def ingest(path: str, up: str | None = None) -> Asset:
     """Load and normalise one asset file. `up=None` follows the Blender importer of its format."""
     if up is None:
         up = "y" if _file_format(path) in Y_UP_FORMATS else "z"
-    return normalise(load_meshes(path), source=path, up=up)
+    asset = normalise(load_meshes(path), source=path, up=up)
+    asset.warnings = missing_textures(path)
+    return asset
 
 
 def main(argv=None):

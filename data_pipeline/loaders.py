@@ -20,13 +20,19 @@ L is the capacity: the smallest of `buckets` that fits the largest asset of the 
 bucketing keeps padding and the number of compiled shapes small); assets above `max_voxels` (the
 reference keeps <= 32768) are filtered out. Records are sharded over JAX processes
 (`jax.process_index/count`), shuffled per epoch with a seed, decoded and transformed in `worker_count`
-spawned worker processes. A truncated or corrupt record raises `ShardError` naming shard and index.
+spawned worker processes. A truncated or corrupt record raises `ShardError` naming shard and index,
+unless `max_corrupt_records` > 0: then such records are skipped, each logged to stderr by shard and
+index, and the run stops with `ShardError` once more than that many were skipped (counted per data
+worker process). A dataset.json whose voxel_resolution differs from `resolution` is an error up front.
 Multi-worker use needs parsed absl flags (`absl.flags.FLAGS.mark_as_parsed()`) and a `__main__` guard.
 """
 from __future__ import annotations
 
 import bisect
 import io
+import json
+import os
+import sys
 from typing import Any, Sequence
 
 import grain
@@ -48,6 +54,7 @@ _STAGE_FIELDS = {
     "slat_flow": ("coords", "slat"),
 }
 _COND_FIELDS = ("cond_png", "cond_png_offsets")
+CORRUPT = "__corrupt_record__"  # key of the marker element of a skipped record
 
 
 class RecordSource(grain.sources.RandomAccessDataSource):
@@ -56,7 +63,9 @@ class RecordSource(grain.sources.RandomAccessDataSource):
     Each element is a dict: the record's arrays restricted to `fields` (all when None) plus
     'id' (str), 'captions' (list[str]) and 'num_voxels' (int). Errors name shard and local index."""
 
-    def __init__(self, paths: Sequence[str], fields: Sequence[str] | None = None):
+    def __init__(self, paths: Sequence[str], fields: Sequence[str] | None = None, max_corrupt_records: int = 0):
+        self.max_corrupt_records = int(max_corrupt_records)
+        self.skipped: list[tuple[str, int]] = []
         self._paths = [str(p) for p in paths]
         if not self._paths:
             raise ValueError("RecordSource: no shards given")
@@ -77,18 +86,29 @@ class RecordSource(grain.sources.RandomAccessDataSource):
         s = bisect.bisect_right(self._starts, index) - 1
         return self._paths[s], index - self._starts[s]
 
+    def _corrupt(self, index: int, problem: str, cause: Exception) -> dict:
+        """Raise ShardError for a bad record, or (skipping enabled, under the limit) log it and return a marker."""
+        path, local = self.locate(index)
+        if self.max_corrupt_records <= 0:
+            raise shards.ShardError(f"{path}: record {local}{problem}") from cause
+        self.skipped.append((path, local))
+        if len(self.skipped) > self.max_corrupt_records:
+            raise shards.ShardError(f"{path}: record {local}{problem}; that is {len(self.skipped)} corrupt records skipped, "
+                                    f"more than max_corrupt_records={self.max_corrupt_records}: stopping") from cause
+        print(f"data: skipping corrupt record {path}: record {local}{problem}; {len(self.skipped)} skipped so far "
+              f"(limit {self.max_corrupt_records})", file=sys.stderr, flush=True)
+        return {CORRUPT: True}
+
     def __getitem__(self, index) -> dict[str, Any]:
         index = int(index)
         try:
             buf = self._source[index]
         except Exception as e:
-            path, local = self.locate(index)
-            raise shards.ShardError(f"{path}: record {local} unreadable ({e or type(e).__name__})") from e
+            return self._corrupt(index, f" unreadable ({e or type(e).__name__})", e)
         try:
             meta, arrays = schema.decode(buf, fields=self._fields)
         except schema.RecordError as e:
-            path, local = self.locate(index)
-            raise shards.ShardError(f"{path}: record {local}: {e}") from e
+            return self._corrupt(index, f": {e}", e)
         return {**arrays, "id": meta["id"], "captions": list(meta.get("captions", [])),
                 "num_voxels": int(meta.get("num_voxels", len(arrays.get("coords", ()))))}
 
@@ -97,6 +117,13 @@ class RecordSource(grain.sources.RandomAccessDataSource):
 
 
 # ---------------------------------------------------------------------------------------- transforms
+class DropCorrupt(grain.transforms.Filter):
+    """Drops the markers RecordSource returns for skipped corrupt records."""
+
+    def filter(self, element) -> bool:
+        return CORRUPT not in element
+
+
 class MaxVoxels(grain.transforms.Filter):
     """Keep assets with at most `max_voxels` voxels (reference: 32768)."""
 
@@ -116,6 +143,10 @@ class OccupancyGrid(grain.transforms.Map):
     def map(self, element):
         from data_pipeline.voxelize import occupancy
 
+        top = int(np.max(element["coords"])) if len(element["coords"]) else 0
+        if top >= self.resolution:
+            raise ValueError(f"asset {element['id']!r} has voxel coordinates up to {top}, outside the {self.resolution}^3 "
+                             f"grid the config asks for (the dataset was built at another voxel resolution)")
         return {**element, "occupancy": occupancy(element["coords"], self.resolution)}
 
 
@@ -235,22 +266,39 @@ class PadSparseBatch:
 
 
 # ------------------------------------------------------------------------------------------- factory
+def check_voxel_resolution(data_dir: str, resolution: int) -> None:
+    """ValueError if DATA/dataset.json (written by build-data) was built at another voxel resolution."""
+    path = os.path.join(data_dir, "dataset.json")
+    if not os.path.exists(path):
+        return  # e.g. an encoded latent dataset: records are checked as they are read
+    try:
+        with open(path) as f:
+            built = json.load(f).get("config", {}).get("voxel_resolution")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ValueError(f"{path}: unreadable ({e})") from e
+    if built is not None and int(built) != int(resolution):
+        raise ValueError(f"{path}: the dataset was built at voxel_resolution {built}, the config trains at {resolution}^3; "
+                         f"rebuild the data or set the config's resolution to {built}")
+
+
 def make_loader(data: str | Sequence[str], stage: str, *, batch_size: int, cond: str | None = None,
                 buckets: Sequence[int] = (4096, 8192, 16384, 32768), max_voxels: int = 32768,
                 resolution: int = 64, render_size: int | None = None, cond_image_size: int = 518,
                 slat_normalization: tuple[np.ndarray, np.ndarray] | None = (SLAT_MEAN, SLAT_STD),
                 shuffle: bool = True, seed: int = 0, num_epochs: int | None = None, worker_count: int = 0,
                 worker_buffer_size: int = 2, shard_index: int | None = None, shard_count: int | None = None,
-                drop_remainder: bool = True) -> grain.DataLoader:
+                drop_remainder: bool = True, max_corrupt_records: int = 0) -> grain.DataLoader:
     """A grain DataLoader giving batches for `stage` (see module docstring). `data`: dataset dir or
     shard paths. Sharded by JAX process unless shard_index/shard_count are given."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r} (expected one of {STAGES})")
+    if stage != "ss_flow" and isinstance(data, str):
+        check_voxel_resolution(data, resolution)
     paths = shards.list_shards(data) if isinstance(data, str) else list(data)
     if not paths:
         raise FileNotFoundError(f"no committed shards under {data}")
     fields = _STAGE_FIELDS[stage] + (_COND_FIELDS if cond == "image" else ())
-    source = RecordSource(paths, fields)
+    source = RecordSource(paths, fields, max_corrupt_records)
     if shard_index is None or shard_count is None:
         import jax
 
@@ -258,7 +306,7 @@ def make_loader(data: str | Sequence[str], stage: str, *, batch_size: int, cond:
     sampler = grain.samplers.IndexSampler(
         num_records=len(source), shard_options=grain.sharding.ShardOptions(shard_index, shard_count, drop_remainder=True),
         shuffle=shuffle, num_epochs=num_epochs, seed=seed)
-    ops: list = []
+    ops: list = [DropCorrupt()] if max_corrupt_records > 0 else []
     sparse = stage in ("slat_vae", "slat_flow")
     if sparse:
         ops.append(MaxVoxels(min(max_voxels, max(buckets))))

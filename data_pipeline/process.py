@@ -31,6 +31,7 @@ class AssetProcessor:
         self._renderer = None
         self.timings = collections.defaultdict(float)
         self.stage = None  # stage running (or that failed) for the current asset
+        self.warnings: list[str] = []  # non-fatal problems of the current asset (e.g. missing textures)
 
     @property
     def encoder(self):
@@ -71,7 +72,9 @@ class AssetProcessor:
 
         cfg = self.cfg
         path = entry["path"]
+        self.warnings = []
         asset = self._timed("ingest", ingest, path, entry.get("up"))
+        self.warnings = list(asset.warnings)  # the builder logs them (warnings.jsonl); also kept in the record
         rng = asset_rng(cfg.seed, entry["id"])
         views = cameras.render_views(cfg.num_views, rng)
         cond = cameras.cond_views(max(cfg.num_cond_views, 0), rng)
@@ -106,7 +109,7 @@ class AssetProcessor:
             meta = {"id": entry["id"], "captions": list(entry.get("captions", [])), "source": path,
                     "resolution": int(cfg.voxel_resolution), "num_voxels": int(len(coords)),
                     "scale": float(asset.scale), "offset": [float(x) for x in asset.offset],
-                    "feature_model": self.encoder.name}
+                    "feature_model": self.encoder.name, "warnings": list(asset.warnings)}
             return schema.encode(meta, arrays)
 
         return self._timed("encode_record", _encode)

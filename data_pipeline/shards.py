@@ -16,6 +16,8 @@ import re
 
 from array_record.python import array_record_module as ar
 
+from trellis_jax.atomic import atomic_write
+
 from data_pipeline.schema import RecordError, decode
 
 WRITER_OPTIONS = "group_size:1"
@@ -65,6 +67,13 @@ def committed_ids(root: str) -> dict[str, str]:
     return out
 
 
+def _write_synced(path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 class ShardWriter:
     """Appends encoded records into shards of at most `shard_size` records, committing atomically."""
 
@@ -84,7 +93,7 @@ class ShardWriter:
 
     def _recover(self):
         """Drop what an interrupted run left half-written (uncommitted shards, orphaned ids files)."""
-        for tmp in glob.glob(os.path.join(self.dir, f"{self.prefix}-*.tmp")):
+        for tmp in glob.glob(os.path.join(self.dir, f"{self.prefix}-*.tmp")) + glob.glob(os.path.join(self.dir, f".{self.prefix}-*.tmp")):
             os.remove(tmp)
         for ids in glob.glob(os.path.join(self.dir, f"{self.prefix}-*{SHARD_SUFFIX}.ids.json")):
             if not os.path.exists(ids[: -len(".ids.json")]):
@@ -108,12 +117,7 @@ class ShardWriter:
             return None
         self._writer.close()
         final = self._path(self._next)
-        ids_tmp = final + ".ids.json.tmp"
-        with open(ids_tmp, "w") as f:
-            json.dump(self._ids, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(ids_tmp, final + ".ids.json")
+        atomic_write(final + ".ids.json", lambda tmp: _write_synced(tmp, json.dumps(self._ids)))
         with open(self._tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(self._tmp, final)

@@ -9,21 +9,6 @@ from PIL import Image
 
 from trellis_jax import cli
 from trellis_jax.export.gaussian_ply import read_gaussian_ply
-from trellis_jax.sampling.random_pipeline import write_random_pipeline
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return write_random_pipeline(tmp_path_factory.mktemp("pipe") / "weights", steps=2)
-
-
-@pytest.fixture(scope="module")
-def prompt(tmp_path_factory):
-    img = np.zeros((64, 64, 4), np.uint8)
-    img[16:48, 20:44] = (200, 60, 40, 255)
-    p = tmp_path_factory.mktemp("prompt") / "red.png"
-    Image.fromarray(img).save(p)
-    return p
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +32,7 @@ def test_generate_writes_every_output_file(generated, capsys):
     assert rc == 0
     dirs = sorted(out.glob("sample_*"))
     assert [d.name for d in dirs] == ["sample_00_seed3", "sample_01_seed7"]
+    assert not [p for p in out.rglob("*") if ".partial" in p.name or p.name.endswith(".tmp")]  # nothing left half-written
     for d in dirs:
         for f in ("gaussians.ply", "voxels.ply", "voxels.glb", "preview.png", "latents.npz"):
             assert (d / f).stat().st_size > 0, f

@@ -26,6 +26,19 @@ TINY_DINOV2 = DINOv2Config(hidden_size=64, num_layers=1, num_heads=4, patch_size
 TINY_CLIP = CLIPTextConfig(hidden_size=64, num_layers=1, num_heads=4, intermediate_size=128)
 
 
+def to_rgba(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGBA. 16-bit grey ('I;16*', or 'I' holding values > 255) is scaled by
+    255/65535 first: PIL's own convert clips it, turning nearly every pixel white."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        a = np.asarray(image).astype(np.float64)
+        if image.mode.startswith("I;16") or a.max() > 255:
+            a = a * (255.0 / 65535.0)
+        image = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+    elif image.mode == "F":
+        raise ValueError("floating-point images are not supported; save the image as 8- or 16-bit PNG")
+    return image.convert("RGBA")
+
+
 def preprocess_image(image: Image.Image, size: int) -> np.ndarray:
     """PIL image -> float32 [size, size, 3] in [0, 1], alpha-premultiplied, cropped around the object.
 
@@ -33,7 +46,7 @@ def preprocess_image(image: Image.Image, size: int) -> np.ndarray:
     (may extend past the image; outside is transparent). RGB input has no background removal here
     (the reference uses rembg, which needs a model download): the whole image is used as is.
     """
-    img = image.convert("RGBA")
+    img = to_rgba(image)
     a = np.asarray(img)[..., 3]
     if a.min() < 255:
         ys, xs = np.nonzero(a > 0.8 * 255)

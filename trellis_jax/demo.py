@@ -75,6 +75,14 @@ def fit(name: str, loss_fn, params, batches, steps: int, lr: float, seed: int, l
     return params, {"first_loss": float(first), "last_loss": float(last), "seconds": time.time() - t0}
 
 
+def pair_outputs(results: list[dict], prompts: list[str]) -> tuple[list[dict], list[str]]:
+    """generate()'s results (each with its sample 'index') -> ([{prompt, dir, files...}] of the exported
+    samples, prompts whose sample was not exported). Pairs by index, never by position in `results`."""
+    rows = [{"prompt": prompts[r["index"]], **{k: str(v) for k, v in r.items() if k != "prompt"}} for r in results]
+    done = {r["index"] for r in results}
+    return rows, [p for i, p in enumerate(prompts) if i not in done]
+
+
 def init_params(module, seed):
     return nn.meta.unbox(module.init(jax.random.PRNGKey(seed), *dummy_inputs(module)))
 
@@ -92,10 +100,13 @@ def run(cfg) -> dict:
     from trellis_jax.conditioning import load_image_conditioner, load_text_conditioner
     from trellis_jax.encoders.dinov2 import image_condition
     from trellis_jax.encoders.clip_text import text_condition
+    from trellis_jax.atomic import atomic_write_text, check_output_dir
     from trellis_jax.sample import generate, load_generator
 
     t_start = time.time()
     out = Path(cfg.out)
+    for kind in cfg.conditions:  # a finished run's samples are never overwritten (checked before training)
+        check_output_dir(out / "samples" / kind)
     R, B = cfg.voxel_resolution, cfg.batch_size
     summary: dict = {"config": cfg.to_dict(), "stages": {}}
     log(f"writing everything under {out.resolve()}")
@@ -226,7 +237,7 @@ def run(cfg) -> dict:
                 "cond_encoder": {"kind": kind, "arch": "tiny", "seed": cfg.seed, "weights": None},
             },
         }
-        (wdir / "pipeline.json").write_text(json.dumps(pipeline_json, indent=2))
+        atomic_write_text(wdir / "pipeline.json", json.dumps(pipeline_json, indent=2))
         pipelines[kind] = wdir
         log(f"saved the {kind}-conditioned pipeline to {wdir}")
 
@@ -251,14 +262,19 @@ def run(cfg) -> dict:
                                  seeds=[cfg.seed + i for i in range(len(held))], out_dir=out / "samples" / kind, resolution=R, log=log)
     summary["stages"]["sample"] = time.time() - t0
     summary["prompts"] = {"images": [str(p) for p in image_paths], "captions": captions}
-    summary["outputs"] = {k: [{kk: str(vv) for kk, vv in r.items()} for r in v] for k, v in results.items()}
+    summary["outputs"], summary["skipped"] = {}, {}
+    for kind, rs in results.items():
+        names = [p.name for p in image_paths] if kind == "image" else captions
+        summary["outputs"][kind], summary["skipped"][kind] = pair_outputs(rs, names)
     summary["total_seconds"] = time.time() - t_start
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
 
     log("done in %.1f min. Outputs:" % (summary["total_seconds"] / 60))
-    for kind, rs in results.items():
-        for r, prompt in zip(rs, image_paths if kind == "image" else captions):
-            log(f"  [{kind}: {prompt if kind == 'text' else Path(prompt).name}] {r['dir']}: gaussians.ply voxels.ply voxels.glb preview.png")
+    for kind in results:
+        for row in summary["outputs"][kind]:
+            log(f"  [{kind}: {row['prompt']}] {row['dir']}: gaussians.ply voxels.ply voxels.glb preview.png")
+        for prompt in summary["skipped"][kind]:
+            log(f"  [{kind}: {prompt}] NOT exported (see the sample lines above)")
     log(f"  pipelines (official checkpoint layout): {', '.join(str(p) for p in pipelines.values())}")
     log(f"  loss curves: {out / 'logs'}; summary: {out / 'summary.json'}")
     return summary
@@ -274,7 +290,11 @@ def main(argv=None) -> int:
     cfg = load_config(args.config)
     if args.out:
         cfg.out = args.out
-    run(cfg)
+    try:
+        run(cfg)
+    except FileExistsError as e:
+        print(f"trellis-jax demo: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -8,7 +8,9 @@ DIR is an official checkpoint directory (pipeline.json + ckpts/) such as TRELLIS
 written by `trellis-jax demo`. Image pipelines need DINOv2 weights (`--image-encoder HF_DIR`); text
 pipelines CLIP (`--text-encoder HF_DIR`); without them a frozen random encoder is used and the output
 says so. All samples of a call run in ONE jitted function. Per asset the output folder holds
-gaussians.ply (3DGS), voxels.ply, voxels.glb, preview.png and latents.npz.
+gaussians.ply (3DGS), voxels.ply, voxels.glb, preview.png and latents.npz; it is assembled as
+`<name>.partial-*` and renamed when complete, and an existing one is never overwritten. Inputs and
+the output directory are checked before any model is loaded; a bad one is one error line naming it.
 """
 from __future__ import annotations
 
@@ -22,18 +24,36 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from trellis_jax.atomic import atomic_directory, atomic_write, check_output_dir, check_writable_dir
 from trellis_jax.sampling.pipeline import TrellisPipeline
+
+FORMAT_ROLES = {"gaussian": "slat_decoder_gs", "radiance_field": "slat_decoder_rf", "mesh": "slat_decoder_mesh"}
 
 
 def load_generator(weights: str | Path, *, capacity: int = 32768, image_encoder=None, text_encoder=None,
                    search_roots=(), **sampler_overrides):
-    """-> (TrellisPipeline, conditioner, kind) for a pipeline directory."""
+    """-> (TrellisPipeline, conditioner, kind) for a pipeline directory; every setting checked
+    (steps >= 1, a decoder for each requested format), errors naming pipeline.json or the option."""
     from trellis_jax.checkpoints import load_pipeline
     from trellis_jax.conditioning import conditioner_from_pipeline, load_image_conditioner, load_text_conditioner
 
+    if capacity < 1:
+        raise ValueError(f"--capacity must be >= 1, got {capacity}")
+    for key, v in sampler_overrides.items():
+        if key.endswith("_steps") and v is not None and v < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {v}")
     weights = Path(weights)
     loaded = load_pipeline(weights, search_roots=search_roots)
-    pipe = TrellisPipeline.from_checkpoint(loaded, capacity=capacity, **sampler_overrides)
+    try:
+        pipe = TrellisPipeline.from_checkpoint(loaded, capacity=capacity, **sampler_overrides)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"{weights / 'pipeline.json'}: bad sampler settings ({e.args[0] if isinstance(e, KeyError) else e})") from e
+    for stage, sampler in (("sparse_structure_sampler", pipe.ss_sampler), ("slat_sampler", pipe.slat_sampler)):
+        if int(sampler.steps) < 1:
+            raise ValueError(f"{weights / 'pipeline.json'}: {stage} steps must be >= 1, got {sampler.steps}")
+    missing = [f"{fmt} (needs a '{FORMAT_ROLES[fmt]}' model)" for fmt in pipe.formats if FORMAT_ROLES[fmt] not in pipe.models]
+    if missing:
+        raise ValueError(f"{weights / 'pipeline.json'}: no decoder for the requested format(s) {', '.join(missing)}")
     raw = loaded["raw"]
     args = raw.get("args", raw)
     cond = conditioner_from_pipeline(weights, raw)
@@ -43,80 +63,190 @@ def load_generator(weights: str | Path, *, capacity: int = 32768, image_encoder=
     return pipe, cond, kind
 
 
+def read_image(path: str | Path) -> Image.Image:
+    """A fully decoded image (truncated or non-image files fail here, naming the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {'is a directory, not an image' if path.is_dir() else 'file not found'}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (OSError, SyntaxError, ValueError) as e:  # PIL: unidentified, truncated, corrupt
+        raise ValueError(f"{path}: not a readable image ({e})") from e
+
+
+def sample_dir(out_dir, index: int, seed: int) -> Path:
+    return Path(out_dir) / f"sample_{index:02d}_seed{seed}"
+
+
+def resolve_seeds(seeds, n: int) -> list[int]:
+    """One seed: seed, seed+1, ... for n samples; several: exactly one per sample."""
+    seeds = [int(s) for s in seeds]
+    if len(seeds) == 1:
+        return [seeds[0] + i for i in range(n)]
+    if len(seeds) != n:
+        raise ValueError(f"{len(seeds)} seeds given for {n} sample(s): give one seed, or one per sample")
+    return seeds
+
+
+def _savez(path: Path, arrays: dict) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append '.npz' to a temp name
+        np.savez(f, **arrays)
+
+
 def export_sample(out: dict, b: int, directory: Path, resolution: int = 64) -> dict[str, Path]:
-    """Write one sample's files; returns their paths."""
+    """Write one sample's files into `directory` (assembled as `<directory>.partial-*`, renamed when
+    complete; an existing non-empty `directory` is an error); returns the final paths."""
     from trellis_jax.export.gaussian_ply import save_gaussian_ply
     from trellis_jax.export.voxels import save_voxel_glb, save_voxel_ply
     from trellis_jax.render.preview import save_preview
 
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = Path(directory)
     mask = np.asarray(out["mask"][b])
     coords = np.asarray(out["coords"][b])[mask]
-    files = {"voxels_ply": save_voxel_ply(directory / "voxels.ply", coords, resolution)}
+    feats = np.asarray(out["latents"][b])[mask]
     g = out["gaussian"].sample(b) if "gaussian" in out else None
-    colors = None
-    if g is not None:
-        files["gaussians_ply"] = save_gaussian_ply(directory / "gaussians.ply", g["xyz"], g["features_dc"], g["opacity"], g["scaling"], g["rotation"])
-        save_preview(directory / "preview.png", g)
-        files["preview_png"] = directory / "preview.png"
-        G = len(g["xyz"]) // max(len(coords), 1)
-        colors = np.clip(0.2820948 * g["features_dc"].reshape(len(coords), G, 3).mean(1) + 0.5, 0, 1)
-    files["voxels_glb"] = save_voxel_glb(directory / "voxels.glb", coords, resolution, colors)
-    extra = {"ss_latent": np.asarray(out["ss_latent"][b])} if "ss_latent" in out else {}
-    np.savez(directory / "latents.npz", coords=coords.astype(np.uint8 if resolution <= 256 else np.int32),
-             feats=np.asarray(out["latents"][b])[mask], **extra)
-    files["latents_npz"] = directory / "latents.npz"
-    return files
+    if not np.isfinite(feats).all() or (g is not None and not all(np.isfinite(np.asarray(v)).all() for v in g.values())):
+        raise ValueError(f"{directory}: the latents or decoded Gaussians hold NaN/Inf values; nothing written")
+    names = {}
+    with atomic_directory(directory) as tmp:
+        save_voxel_ply(tmp / "voxels.ply", coords, resolution)
+        names["voxels_ply"] = "voxels.ply"
+        colors = None
+        if g is not None:
+            save_gaussian_ply(tmp / "gaussians.ply", g["xyz"], g["features_dc"], g["opacity"], g["scaling"], g["rotation"])
+            save_preview(tmp / "preview.png", g)
+            names.update(gaussians_ply="gaussians.ply", preview_png="preview.png")
+            G = len(g["xyz"]) // max(len(coords), 1)
+            colors = np.clip(0.2820948 * g["features_dc"].reshape(len(coords), G, 3).mean(1) + 0.5, 0, 1)
+        save_voxel_glb(tmp / "voxels.glb", coords, resolution, colors)
+        names["voxels_glb"] = "voxels.glb"
+        extra = {"ss_latent": np.asarray(out["ss_latent"][b])} if "ss_latent" in out else {}
+        arrays = dict(coords=coords.astype(np.uint8 if resolution <= 256 else np.int32), feats=feats, **extra)
+        atomic_write(tmp / "latents.npz", lambda t: _savez(t, arrays))
+        names["latents_npz"] = "latents.npz"
+    return {k: directory / v for k, v in names.items()}
+
+
+def read_latents(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """latents.npz (as export_sample writes it) -> (coords int32 [L, 3], feats float32 [L, C], ss_latent or None),
+    every problem one error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {'is a directory' if path.is_dir() else 'file not found'}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: np.asarray(z[k]) for k in z.files}
+    except Exception as e:  # not a zip / truncated / pickled
+        raise ValueError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from e
+    for key in ("coords", "feats"):
+        if key not in arrays:
+            raise ValueError(f"{path}: no '{key}' array (has {sorted(arrays)}); expected latents.npz as written by generate")
+    coords, feats = arrays["coords"], arrays["feats"]
+    if coords.ndim != 2 or coords.shape[1] != 3 or not np.issubdtype(coords.dtype, np.integer):
+        raise ValueError(f"{path}: coords must be integer [L, 3], got {coords.dtype} {coords.shape}")
+    if feats.ndim != 2 or feats.shape[0] != coords.shape[0]:
+        raise ValueError(f"{path}: feats must be [L, C] with L = {coords.shape[0]} rows of coords, got {feats.shape}")
+    if len(coords) == 0:
+        raise ValueError(f"{path}: holds an empty voxel set")
+    if not np.isfinite(feats).all():
+        raise ValueError(f"{path}: feats hold {int((~np.isfinite(feats)).sum())} NaN/Inf values")
+    if len(np.unique(coords, axis=0)) != len(coords):
+        raise ValueError(f"{path}: coords hold duplicate voxels")
+    ss = arrays.get("ss_latent")
+    if ss is not None and not np.isfinite(ss).all():
+        raise ValueError(f"{path}: ss_latent holds NaN/Inf values")
+    return coords.astype(np.int32), feats.astype(np.float32), (None if ss is None else ss.astype(np.float32))
+
+
+def check_latents_fit(path, coords: np.ndarray, feats: np.ndarray, resolution: int, channels: int) -> None:
+    """The asset's voxels lie in the model's grid and its latents have the model's channel count."""
+    if coords.min() < 0 or coords.max() >= resolution:
+        raise ValueError(f"{path}: voxel coordinates span [{coords.min()}, {coords.max()}], outside the model's "
+                         f"{resolution}^3 grid (0..{resolution - 1})")
+    if feats.shape[1] != channels:
+        raise ValueError(f"{path}: feats have {feats.shape[1]} channels, the model's latents have {channels}")
+
+
+def check_texts(texts, cond_model, log=print) -> None:
+    """Empty prompts are an error (they would run unconditioned); prompts past CLIP's context are announced."""
+    for t in texts:
+        if not t.strip():
+            raise ValueError("empty text prompt (it would generate unconditioned); give a description")
+    from trellis_jax.encoders.clip_tokenizer import CONTEXT_LENGTH
+
+    count = getattr(getattr(cond_model, "tokenizer", None), "count", None)
+    if count is not None:
+        for t in dict.fromkeys(texts):
+            n = count(t)
+            if n > CONTEXT_LENGTH:
+                log(f"WARNING: prompt {t[:40]!r}... has {n} tokens; CLIP reads the first {CONTEXT_LENGTH}, the rest is ignored")
 
 
 def generate(pipe: TrellisPipeline, cond_model, kind: str, *, images=(), texts=(), seeds=(0,), multi_image=None, out_dir="outputs",
              resolution: int = 64, log=print) -> list[dict]:
-    """Sample and export; returns per-sample {'dir', files...}."""
+    """Sample and export; returns per exported sample {'index', 'prompt', 'seed', 'dir', files...}.
+    images: paths (or PIL images); a sample that is not exported (empty, over capacity) is logged by prompt."""
     t0 = time.time()
     if not cond_model.pretrained:
         log(f"WARNING: condition encoder is a {cond_model.description} -- results are not those of the released model")
     if kind == "image":
         if not images:
             raise ValueError("this is an image-conditioned pipeline: give --image")
-        pil = [Image.open(p) for p in images]
+        pil = [im if isinstance(im, Image.Image) else read_image(im) for im in images]
+        prompts = [str(im) for im in images]
+        log(f"encoding {len(pil)} image(s) ...")
         cond = cond_model(pil)
         if multi_image:
             cond = cond[None]  # [1, K, T, C]: all images condition one asset
+            prompts = [" + ".join(prompts)]
         neg = cond_model.negative(1 if multi_image else cond.shape[0])
     else:
         if not texts:
             raise ValueError("this is a text-conditioned pipeline: give --text")
+        check_texts(texts, cond_model, log)
+        prompts = list(texts)
+        log(f"encoding {len(texts)} prompt(s) ...")
         cond = cond_model(texts)
         neg = cond_model.negative(cond.shape[0])
     n = cond.shape[0]
-    seeds = list(seeds) if len(seeds) == n else [int(seeds[0]) + i for i in range(n)]
+    seeds = resolve_seeds(seeds, n)
+    for b in range(n):
+        check_output_dir(sample_dir(out_dir, b, seeds[b]))
     if multi_image:
         pipe = pipe.with_samplers(dataclasses.replace(pipe.ss_sampler, multi_image_mode=multi_image),
                                   dataclasses.replace(pipe.slat_sampler, multi_image_mode=multi_image))
+    log(f"sampling {n} asset(s): structure ({pipe.ss_sampler.steps} steps) then latents ({pipe.slat_sampler.steps} steps), "
+        f"capacity {pipe.capacity}, in one jitted call (the first call compiles) ...")
     out = pipe.sample(cond, neg, np.asarray(seeds), multi_image=bool(multi_image), on_error="flag")
+    counts = np.asarray(out["num_voxels"])  # waits for the device
     t_sample = time.time() - t0
+    log(f"sampled in {t_sample:.1f}s; exporting ...")
     results = []
     for b in range(n):
-        d = Path(out_dir) / f"sample_{b:02d}_seed{seeds[b]}"
-        if not out["ok"][b]:
-            nv = int(out["num_voxels"][b])
-            reason = "empty structure" if nv == 0 else f"{nv} voxels exceed the capacity {pipe.capacity}"
-            log(f"sample {b}: NOT exported ({reason})")
+        d = sample_dir(out_dir, b, seeds[b])
+        finite = bool(np.isfinite(np.asarray(out["latents"][b])[np.asarray(out["mask"][b])]).all())
+        if not out["ok"][b] or not finite:
+            nv = int(counts[b])
+            reason = ("NaN/Inf latents" if not finite and out["ok"][b] else "empty structure" if nv == 0
+                      else f"{nv} voxels exceed the capacity {pipe.capacity}; raise --capacity")
+            log(f"sample {b} ({prompts[b]}): NOT exported ({reason})")
             continue
         files = export_sample(out, b, d, resolution)
-        results.append({"dir": d, "num_voxels": int(out["num_voxels"][b]), **files})
-        log(f"sample {b}: {int(out['num_voxels'][b])} voxels -> {d}")
-    log(f"generated {n} asset(s) in {t_sample:.1f}s (one jitted call incl. compile)")
+        results.append({"index": b, "prompt": prompts[b], "seed": seeds[b], "dir": d, "num_voxels": int(counts[b]), **files})
+        log(f"sample {b} ({prompts[b]}): {int(counts[b])} voxels -> {d}")
+    log(f"generated {len(results)} of {n} asset(s) in {time.time() - t0:.1f}s")
     return results
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="trellis-jax generate", description=__doc__.splitlines()[0])
     ap.add_argument("--weights", required=True, help="pipeline directory (pipeline.json + ckpts/)")
-    ap.add_argument("--image", nargs="*", default=[], help="condition image(s) (RGBA with alpha preferred)")
+    ap.add_argument("--image", nargs="*", default=[], help="condition image(s); RGBA: cropped around the alpha, RGB: used whole")
     ap.add_argument("--text", nargs="*", default=[], help="text prompt(s)")
     ap.add_argument("--multi-image", choices=["stochastic", "multidiffusion"], help="all --image views condition ONE asset")
-    ap.add_argument("--seed", type=int, nargs="*", default=[0])
+    ap.add_argument("--seed", type=int, nargs="*", default=[0], help="one seed (then seed, seed+1, ...) or one per sample")
     ap.add_argument("--num-samples", type=int, default=1, help="samples per prompt (seeds seed..seed+n-1)")
     ap.add_argument("--out", default="outputs")
     ap.add_argument("--capacity", type=int, default=32768, help="static voxel capacity per asset")
@@ -130,17 +260,34 @@ def main(argv=None) -> int:
     overrides = {"ss_steps": args.ss_steps, "ss_cfg_strength": args.ss_cfg_strength,
                  "slat_steps": args.slat_steps, "slat_cfg_strength": args.slat_cfg_strength}
     try:
+        # everything the user gave is checked before a model is loaded
+        if args.num_samples < 1:
+            raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
+        if args.image and args.text:
+            raise ValueError("give --image or --text, not both")
+        for p in args.image:
+            read_image(p)
+        names = [p for p in args.image for _ in range(1 if args.multi_image else args.num_samples)]
+        texts = [t for t in args.text for _ in range(args.num_samples)]
+        for t in texts:
+            if not t.strip():
+                raise ValueError("empty text prompt (it would generate unconditioned); give a description")
+        n = 1 if (args.multi_image and names) else len(names) or len(texts)
+        seeds = resolve_seeds(args.seed, max(n, 1))
+        for b in range(n):
+            check_output_dir(sample_dir(args.out, b, seeds[b]))
+        check_writable_dir(args.out)
+        print(f"loading {args.weights} ...", file=sys.stderr, flush=True)
         pipe, cond_model, kind = load_generator(args.weights, capacity=args.capacity, image_encoder=args.image_encoder,
                                                 text_encoder=args.text_encoder, search_roots=args.ckpt_root, **overrides)
-        images = [p for p in args.image for _ in range(1 if args.multi_image else args.num_samples)]
-        texts = [t for t in args.text for _ in range(args.num_samples)]
-        seeds = args.seed if len(args.seed) > 1 else [args.seed[0]]
-        results = generate(pipe, cond_model, kind, images=images, texts=texts, seeds=seeds, multi_image=args.multi_image, out_dir=args.out)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"trellis-jax generate: error: {e}", file=sys.stderr)
+        log = lambda msg: print(msg, file=sys.stderr, flush=True)
+        results = generate(pipe, cond_model, kind, images=names, texts=texts,
+                           seeds=seeds, multi_image=args.multi_image, out_dir=args.out, log=log)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"trellis-jax generate: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
     print(json.dumps([{k: str(v) for k, v in r.items()} for r in results], indent=1))
-    return 0 if results else 1
+    return 0 if len(results) == n else 1
 
 
 if __name__ == "__main__":

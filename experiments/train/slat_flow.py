@@ -30,7 +30,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.t_mean, c.t_std = 1.0, 1.0
     c.slat_normalization = ml_collections.ConfigDict(dict(mean=SLAT_MEAN, std=SLAT_STD))
     # capacity: voxels per asset after padding (the reference keeps assets with <= 32768 voxels)
-    c.data = ml_collections.ConfigDict(dict(kind="grain", path="", worker_count=4, synthetic_seed=0, capacity=32768))
+    c.data = ml_collections.ConfigDict(dict(kind="grain", path="", worker_count=4, synthetic_seed=0, max_corrupt_records=0, capacity=32768))
     if variant == "tiny":
         tiny_run(c, batch_size=4, total_steps=200)
         c.data.capacity = 128

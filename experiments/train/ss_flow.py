@@ -24,7 +24,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.model = load_config(f"{_HERE.parent / 'models' / 'ss_flow.py'}:{variant}")
     c.p_uncond = 0.1                   # condition dropout for CFG
     c.t_mean, c.t_std = 1.0, 1.0       # t = sigmoid(N(t_mean, t_std))
-    c.data = ml_collections.ConfigDict(dict(kind="grain", path="", worker_count=4, synthetic_seed=0))
+    c.data = ml_collections.ConfigDict(dict(kind="grain", path="", worker_count=4, synthetic_seed=0, max_corrupt_records=0))
     if variant == "tiny":
         c.model.args.use_fp16 = False
         tiny_run(c, batch_size=4, total_steps=200)

@@ -22,7 +22,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     enc, dec = ("enc", "dec") if variant == "released" else ("tiny_enc", "tiny_dec")
     c.model = ml_collections.ConfigDict(dict(encoder=load_config(f"{models}:{enc}"), decoder=load_config(f"{models}:{dec}")))
     c.loss = ml_collections.ConfigDict(dict(dice_weight=1.0, bce_weight=0.0, kl_weight=1e-3))
-    c.data = ml_collections.ConfigDict(dict(kind="grain", path="", worker_count=4, synthetic_seed=0, resolution=64))
+    c.data = ml_collections.ConfigDict(dict(kind="grain", path="", worker_count=4, synthetic_seed=0, max_corrupt_records=0, resolution=64))
     c.batch_size = 128                 # reference: 4 per GPU; GPU count unpublished (32 assumed)
     if variant == "tiny":
         tiny_run(c, batch_size=2, total_steps=100)

@@ -12,7 +12,6 @@ save never leaves a corrupt checkpoint behind.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from trellis_jax.atomic import atomic_write_many
 from trellis_jax.checkpoints import keymap
-from trellis_jax.models.registry import build_model, dummy_inputs
+from trellis_jax.models.registry import MODEL_CLASSES, build_model, dummy_inputs
 
 
 class CheckpointError(ValueError):
@@ -118,11 +118,14 @@ def load_model(path: str | Path, name: str | None = None, *, param_dtype=jnp.flo
     """
     json_path, st_path = _paths(_checkpoint_prefix(path, name))
     cfg = read_json(json_path)
+    if not isinstance(cfg["args"], dict):
+        raise CheckpointError(f'{json_path}: "args" must be an object of model arguments, got {cfg["args"]!r}')
     try:
         module = build_model(cfg["name"], cfg["args"], **module_overrides)
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{json_path}: {e}") from e
-    template = param_template(module)
+        template = param_template(module)  # a wrong-typed argument fails here
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise CheckpointError(f"{json_path}: cannot build {cfg['name']} from its args ({type(e).__name__}: {msg})") from e
     params = map_state_dict(read_safetensors(st_path), template, str(st_path), param_dtype)
     return module, params
 
@@ -139,22 +142,6 @@ def export_state_dict(params: dict, use_fp16: bool) -> dict[str, np.ndarray]:
     return out
 
 
-def _write_atomically(writers: dict[Path, Any]) -> None:
-    """Write every file to a temporary sibling first, then rename them all into place: an interrupted
-    or failing save leaves any existing checkpoint untouched."""
-    tmps = {}
-    try:
-        for path, write in writers.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmps[path] = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            write(tmps[path])
-        for path, tmp in tmps.items():
-            os.replace(tmp, path)
-    finally:
-        for tmp in tmps.values():
-            tmp.unlink(missing_ok=True)
-
-
 def save_model(path: str | Path, class_name: str, args: dict, params: dict, name: str | None = None) -> tuple[Path, Path]:
     """Write `PREFIX.json` + `PREFIX.safetensors` in the official layout and dtypes (atomically).
 
@@ -166,7 +153,7 @@ def save_model(path: str | Path, class_name: str, args: dict, params: dict, name
     json_path, st_path = _paths(Path(path) / name if name is not None else path)
     tensors = export_state_dict(params, bool(args.get("use_fp16", False)))
     config = json.dumps({"name": class_name, "args": args}, indent=4)
-    _write_atomically({st_path: lambda p: save_file(tensors, str(p)), json_path: lambda p: p.write_text(config)})
+    atomic_write_many({st_path: lambda p: save_file(tensors, str(p)), json_path: lambda p: p.write_text(config)})
     return json_path, st_path
 
 
@@ -180,6 +167,12 @@ def _resolve_model_path(root: Path, ref: str, search_roots: Sequence[Path]) -> P
         if _paths(c)[0].exists():
             return c
     raise CheckpointError(f"{root / 'pipeline.json'}: model '{ref}' not found (looked in {[str(c) for c in candidates]})")
+
+
+ROLE_CLASSES = {role: MODEL_CLASSES[name] for role, name in {  # pipeline.json role -> the network class it must hold
+    "sparse_structure_flow_model": "SparseStructureFlowModel", "sparse_structure_decoder": "SparseStructureDecoder",
+    "slat_flow_model": "SLatFlowModel", "slat_decoder_gs": "SLatGaussianDecoder",
+    "slat_decoder_rf": "SLatRadianceFieldDecoder", "slat_decoder_mesh": "SLatMeshDecoder"}.items()}
 
 
 def load_pipeline(directory: str | Path, search_roots: Sequence[str | Path] = (), **module_overrides) -> dict:
@@ -196,12 +189,17 @@ def load_pipeline(directory: str | Path, search_roots: Sequence[str | Path] = ()
         raw = json.loads(pj.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{pj}: invalid JSON ({e})") from e
-    args = raw.get("args", raw)
-    if "models" not in args:
-        raise CheckpointError(f"{pj}: no 'models' section")
+    args = raw.get("args", raw) if isinstance(raw, dict) else None
+    if not isinstance(args, dict) or not isinstance(args.get("models"), dict):
+        raise CheckpointError(f"{pj}: no 'models' section ({{role: 'ckpts/NAME'}})")
     models = {}
     for role, ref in args["models"].items():
-        models[role] = load_model(_resolve_model_path(directory, ref, [Path(s) for s in search_roots]), **module_overrides)
+        prefix = _resolve_model_path(directory, ref, [Path(s) for s in search_roots])
+        models[role] = load_model(prefix, **module_overrides)
+        expected = ROLE_CLASSES.get(role)
+        if expected is not None and not isinstance(models[role][0], expected):
+            raise CheckpointError(f"{pj}: role '{role}' needs a {expected.__name__}, but {ref} is a "
+                                  f"{type(models[role][0]).__name__}")
     return {
         "name": raw.get("name"),
         "models": models,

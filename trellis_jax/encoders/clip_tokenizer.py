@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trellis_jax.atomic import atomic_write, atomic_write_many
+
 VOCAB_NAME = "bpe_simple_vocab_16e6.txt.gz"
 WHEEL = "clip-anytorch==2.6.0"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trellis_jax" / "clip"
@@ -86,9 +88,8 @@ def fetch_vocab() -> Path:
         wheel = next(Path(tmp).glob("*.whl"))
         with zipfile.ZipFile(wheel) as z:
             member = next(n for n in z.namelist() if n.endswith(VOCAB_NAME))
-            partial = target.with_suffix(".partial")
-            partial.write_bytes(z.read(member))
-            partial.replace(target)  # atomic: never a half-written vocabulary
+            data = z.read(member)
+            atomic_write(target, lambda t: t.write_bytes(data))  # never a half-written vocabulary
     return target
 
 
@@ -99,8 +100,10 @@ def _hf_files_from_bpe(bpe_gz: Path, out_dir: Path) -> Path:
     vocab = list(_bytes_to_unicode().values())
     vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
-    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    vocab_json = json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False)
+    merges_txt = "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n"
+    atomic_write_many({out_dir / "vocab.json": lambda t: t.write_text(vocab_json),
+                       out_dir / "merges.txt": lambda t: t.write_text(merges_txt)})
     return out_dir
 
 
@@ -132,6 +135,10 @@ class CLIPTokenizer:
             texts = [texts]
         enc = self._tok(list(texts), padding="max_length", max_length=context_length, truncation=True)
         return np.asarray(enc["input_ids"], np.int32)
+
+    def count(self, text: str) -> int:
+        """Tokens of `text` with SOT/EOT, untruncated (more than CONTEXT_LENGTH are cut by __call__)."""
+        return len(self._tok(text, truncation=False)["input_ids"])
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 Gaussian decoder and write gaussians.ply, voxels.ply, voxels.glb and preview.png.
 
     trellis-jax export --weights DIR --latents sample/latents.npz --out OUT
+
+OUT must not exist yet (or be empty); it is assembled as `OUT.partial-*` and renamed when complete.
 """
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ import numpy as np
 
 
 def main(argv=None) -> int:
+    from trellis_jax.atomic import check_output_dir
     from trellis_jax.checkpoints import load_pipeline
-    from trellis_jax.sample import export_sample
+    from trellis_jax.sample import check_latents_fit, export_sample, read_latents
     from trellis_jax.sampling.pipeline import TrellisPipeline
 
     ap = argparse.ArgumentParser(prog="trellis-jax export", description=__doc__.splitlines()[0])
@@ -24,25 +27,27 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--resolution", type=int, default=None, help="voxel grid (default: the decoder's)")
     args = ap.parse_args(argv)
-    if not args.latents.exists():
-        print(f"trellis-jax export: error: {args.latents} not found", file=sys.stderr)
+    try:
+        coords, feats, _ = read_latents(args.latents)
+        check_output_dir(args.out)
+        loaded = load_pipeline(args.weights)
+        if "slat_decoder_gs" not in loaded["models"]:
+            raise ValueError(f"{Path(args.weights) / 'pipeline.json'}: no 'slat_decoder_gs' model to decode Gaussians with")
+        pipe = TrellisPipeline.from_checkpoint(loaded)
+        dec = pipe._module("slat_decoder_gs")
+        res = args.resolution or dec.resolution
+        check_latents_fit(args.latents, coords, feats, res, dec.latent_channels)
+        cap = 1 << int(np.ceil(np.log2(len(coords))))
+        c = np.zeros((1, cap, 3), np.int32)
+        f = np.zeros((1, cap, feats.shape[1]), np.float32)
+        c[0, : len(coords)], f[0, : len(coords)] = coords, feats
+        mask = np.arange(cap)[None] < len(coords)
+        out = {"coords": jnp.asarray(c), "mask": jnp.asarray(mask), "latents": jnp.asarray(f)}
+        out.update(pipe.decode(pipe.params(), out["coords"], out["mask"], out["latents"], res))
+        files = export_sample(out, 0, args.out, res)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"trellis-jax export: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
-    with np.load(args.latents) as z:
-        coords, feats = np.asarray(z["coords"], np.int32), np.asarray(z["feats"], np.float32)
-    if len(coords) == 0:
-        print(f"trellis-jax export: error: {args.latents} holds an empty voxel set", file=sys.stderr)
-        return 2
-    loaded = load_pipeline(args.weights)
-    pipe = TrellisPipeline.from_checkpoint(loaded)
-    res = args.resolution or pipe._module("slat_decoder_gs").resolution
-    cap = 1 << int(np.ceil(np.log2(len(coords))))
-    c = np.zeros((1, cap, 3), np.int32)
-    f = np.zeros((1, cap, feats.shape[1]), np.float32)
-    c[0, : len(coords)], f[0, : len(coords)] = coords, feats
-    mask = np.arange(cap)[None] < len(coords)
-    out = {"coords": jnp.asarray(c), "mask": jnp.asarray(mask), "latents": jnp.asarray(f)}
-    out.update(pipe.decode(pipe.params(), out["coords"], out["mask"], out["latents"], res))
-    files = export_sample(out, 0, args.out, res)
     print("\n".join(str(p) for p in files.values()))
     return 0
 

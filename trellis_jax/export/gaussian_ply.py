@@ -6,10 +6,11 @@ opacity as a logit, log scales, and the rotation T·R(q) as a unit (w, x, y, z) 
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from trellis_jax.atomic import atomic_write
 
 PLY_TRANSFORM = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], np.float64)
 FIELDS = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
@@ -58,19 +59,12 @@ def gaussian_ply_arrays(xyz, features_dc, opacity, scaling, rotation) -> np.ndar
 
 
 def write_structured_ply(path: str | Path, vertices: np.ndarray) -> Path:
-    """Binary little-endian PLY with one `vertex` element; written to a temp file then renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Binary little-endian PLY with one `vertex` element, written atomically."""
     types = {"<f4": "float", "<i4": "int", "|u1": "uchar", "<u4": "uint"}
     header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(vertices)}"]
     header += [f"property {types[vertices.dtype[name].str]} {name}" for name in vertices.dtype.names]
     header.append("end_header")
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(("\n".join(header) + "\n").encode("ascii"))
-        f.write(vertices.tobytes())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: tmp.write_bytes(("\n".join(header) + "\n").encode("ascii") + vertices.tobytes()))
 
 
 def save_gaussian_ply(path, xyz, features_dc, opacity, scaling, rotation) -> Path:

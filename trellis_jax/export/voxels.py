@@ -1,11 +1,11 @@
 """Voxel structures as point-cloud PLY (the reference's `voxels/*.ply`) and as a cube-mesh GLB."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from trellis_jax.atomic import atomic_write
 from trellis_jax.export.gaussian_ply import write_structured_ply
 
 
@@ -48,10 +48,5 @@ def to_y_up(vertices: np.ndarray) -> np.ndarray:
 
 
 def write_glb(path, mesh) -> Path:
-    """Write a trimesh object as binary glTF, atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(mesh.export(file_type="glb"))
-    os.replace(tmp, path)
-    return path
+    """Write a trimesh object as binary glTF, atomically (unique temporary file renamed into place)."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(mesh.export(file_type="glb")))

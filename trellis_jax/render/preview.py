@@ -6,6 +6,7 @@ from PIL import Image
 
 import jax.numpy as jnp
 
+from trellis_jax.atomic import atomic_write
 from trellis_jax.render.cameras import orbit_cameras
 from trellis_jax.render.gaussian_splatting import render_gaussians, sh_dc_to_rgb
 
@@ -35,4 +36,4 @@ def save_preview(path, g: dict, resolution: int = 192) -> None:
     """2×2 grid of views (yaw 0°, 90°, 180°, 270°; pitch 0.35 rad) as PNG."""
     frames = render_views(g, np.deg2rad([30, 120, 210, 300]), [0.35] * 4, resolution)
     grid = np.concatenate([np.concatenate(frames[:2], 1), np.concatenate(frames[2:], 1)], 0)
-    Image.fromarray(grid).save(path)
+    atomic_write(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))

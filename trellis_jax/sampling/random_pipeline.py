@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from trellis_jax.atomic import atomic_write_text
 from trellis_jax.checkpoints import save_model
 from trellis_jax.models.registry import build_model, dummy_inputs
 
@@ -43,7 +44,7 @@ def write_random_pipeline(directory, seed: int = 0, occupancy: float = 0.04, ste
         save_model(directory / "ckpts" / name, cls, args, p)
     sampler = {"name": "FlowEulerGuidanceIntervalSampler", "args": {"sigma_min": 1e-5},
                "params": {"steps": steps, "cfg_strength": 3.0, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0}}
-    (directory / "pipeline.json").write_text(json.dumps({
+    atomic_write_text(directory / "pipeline.json", json.dumps({
         "name": "TrellisImageTo3DPipeline",
         "args": {"models": {role: f"ckpts/{name}" for role, (name, _, _) in TINY.items()},
                  "sparse_structure_sampler": sampler, "slat_sampler": sampler,

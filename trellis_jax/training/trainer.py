@@ -104,17 +104,38 @@ def _abstract_like(shardings, state_shapes):
     return jax.tree.map(lambda s, x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shardings, state_shapes)
 
 
+def check_run_config(cfg) -> None:
+    """Run settings that would otherwise fail deep inside the loop (or look like a non-finite loss)."""
+    for key, least in (("batch_size", 1), ("ckpt_every", 1), ("log_every", 1), ("keep_checkpoints", 1), ("total_steps", 0)):
+        if int(cfg[key]) < least:
+            raise ValueError(f"config {key} must be >= {least}, got {cfg[key]}")
+
+
 def run(cfg, workdir: str | Path, log=print) -> dict:
-    """Train cfg.total_steps steps in `workdir` (resuming from its latest checkpoint). Returns a summary."""
+    """Train cfg.total_steps steps in `workdir` (resuming from its latest checkpoint). Returns a summary.
+
+    Holds `workdir/LOCK` (trellis_jax.workdir_lock) on process 0 for the whole run, so a
+    second run on the same workdir stops at once with `WorkdirLockedError` naming the holder."""
+    from trellis_jax.workdir_lock import WorkdirLock
+
+    check_run_config(cfg)
+    sh.maybe_initialize_distributed(cfg)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    lock = WorkdirLock(workdir, log).acquire() if jax.process_index() == 0 else None
+    try:
+        return _run(cfg, workdir, log)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(cfg, workdir: Path, log) -> dict:
+    from trellis_jax.atomic import atomic_write_text
     from trellis_jax.training.checkpoint import Checkpointer
     from trellis_jax.training.data import make_batches
     from trellis_jax.training.logger import MetricsLogger
 
-    sh.maybe_initialize_distributed(cfg)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=1))
     mesh = sh.make_mesh(cfg.mesh)
     rules = sh.rules_from_config(cfg)
     task = build_task(cfg)
@@ -136,6 +157,8 @@ def run(cfg, workdir: str | Path, log=print) -> dict:
             state, data_state = ckpt.restore(start, _abstract_like(shardings, shapes))
             batches.set_state(data_state)
             log(f"train: resumed from {ckpt.path(start)} (step {start})")
+        if jax.process_index() == 0:  # only once the resume is accepted: a rejected one keeps the old config.json
+            atomic_write_text(workdir / "config.json", cfg.to_json_best_effort(indent=1))
         if start >= total:
             log(f"train: already at step {start} >= total_steps {total}; nothing to do")
             return {"start": start, "end": start, "losses": {}}

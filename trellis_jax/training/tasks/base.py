@@ -132,7 +132,8 @@ class Task:
         if not d.path:
             raise ValueError("data.kind='grain' needs --config.data.path=DATASET_DIR (an encoded latent dataset)")
         return make_loader(d.path, self.stage, batch_size=batch_size, shuffle=True, seed=seed,
-                           worker_count=int(d.worker_count), **self.grain_kwargs())
+                           worker_count=int(d.worker_count), max_corrupt_records=int(d.max_corrupt_records),
+                           **self.grain_kwargs())
 
     def prepare(self, batch: dict) -> dict[str, np.ndarray]:
         """Host-side conversion of a grain batch into the loss's inputs (identity by default)."""
