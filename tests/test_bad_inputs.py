@@ -2,7 +2,6 @@
 the file and the problem, and leaves what was already written untouched. Reuses the session's tiny
 random pipeline (conftest `weights`, `prompt`); almost every case stops before any model is sampled."""
 import json
-import os
 import shutil
 from pathlib import Path
 

@@ -289,3 +289,19 @@ def test_demo_pairs_outputs_with_their_own_prompts_when_one_is_skipped():
     rows, skipped = pair_outputs(results, ["cat.png", "dog.png", "cup.png"])
     assert [(r["prompt"], r["dir"]) for r in rows] == [("cat.png", "s/sample_00_seed0"), ("cup.png", "s/sample_02_seed2")]
     assert skipped == ["dog.png"]
+
+
+def test_a_full_disk_however_wrapped_is_named():
+    import errno
+
+    from trellis_jax.train import _write_problem
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/w/checkpoints/5/state")
+        except OSError as inner:
+            raise RuntimeError("orbax: save failed") from inner
+    except RuntimeError as e:
+        assert _write_problem(e) == "no space left on device (/w/checkpoints/5/state)"
+    assert _write_problem(ValueError("tensorstore: write failed: [Errno 28] No space left on device")) == "no space left on device"
+    assert _write_problem(ValueError("unknown config key")) is None

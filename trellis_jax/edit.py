@@ -16,7 +16,6 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
 from trellis_jax.sampling.editing import Editor, RePaintConfig
 
