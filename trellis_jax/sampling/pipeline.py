@@ -196,6 +196,12 @@ class TrellisPipeline:
 
         return jax.jit(run, static_argnums=(4,))
 
+    @property
+    def jitted(self):
+        """The composed sampler as one jitted function (params, cond, neg_cond, seeds, multi_image) -> dict
+        (multi_image static); `sample` calls it, `trellis_jax.aot` lowers it on abstract inputs."""
+        return self._jitted
+
     def sample(self, cond, neg_cond, seeds, multi_image: bool = False, on_error: str = "raise") -> dict:
         """cond [B, Lc, Cc] (or [B, K, Lc, Cc] for multi-image), neg_cond [B, Lc, Cc] or None, seeds [B].
 
