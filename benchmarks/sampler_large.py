@@ -45,11 +45,12 @@ def main(argv=None):
     ap.add_argument("--tiny", action="store_true", help="the tiny sampler config on CPU")
     ap.add_argument("--batches", type=int, nargs="+", default=None)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--occupancy", type=float, default=0.04)
+    ap.add_argument("--occupancy", type=float, default=None, help="default 0.04 (img_L 64³: ~10K voxels), tiny 0.01")
     args = ap.parse_args(argv)
     cfg = load_config(f"experiments/sample/pipeline.py:{'tiny' if args.tiny else 'img_L'}")
     batches = args.batches or ([1, 2] if args.tiny else [1, 8])
-    pipe = pipeline_from_config(cfg, random_params(cfg, args.occupancy))
+    occupancy = args.occupancy or (0.01 if args.tiny else 0.04)  # the tiny 32³ grid at 1 %: ~330 of 512 rows
+    pipe = pipeline_from_config(cfg, random_params(cfg, occupancy))
     flow = pipe.models["sparse_structure_flow_model"][0]
     for batch in batches:
         cond = jax.random.normal(jax.random.PRNGKey(batch), (batch, int(cfg.cond.tokens), flow.cond_channels))
