@@ -29,6 +29,8 @@ setup(
     ],
     extras_require={
         "dev": ["pytest", "pytest-xdist", "nbconvert", "nbclient", "ipykernel", "apache-beam"],
+        # the TPU compiler, for `trellis-jax aot` on any host (and the runtime on a TPU VM)
+        "tpu": ["libtpu"],
     },
     entry_points={"console_scripts": ["trellis-jax=trellis_jax.cli:main"]},
 )

@@ -171,3 +171,28 @@ def test_train_cli_rejects_unknown_keys_naming_them(capsys, tmp_path):
     assert train.main(["--config", "experiments/train/ss_flow.py:nope", "--workdir", str(tmp_path)]) == 2
     assert "unknown ss_flow training variant 'nope'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing started
+
+
+def test_batch_split_accumulates_the_full_batch_gradient():
+    from trellis_jax.training.sharding import make_mesh
+    from trellis_jax.training.trainer import accumulated_grad
+
+    mesh = make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
+    g = np.random.default_rng(0)
+    params = {"w": jnp.asarray(g.standard_normal((3, 2)), jnp.float32)}
+    batch = {"x": jnp.asarray(g.standard_normal((8, 3)), jnp.float32), "y": jnp.asarray(g.standard_normal((8, 2)), jnp.float32)}
+    seen = []
+
+    def loss(p, b, rng):  # a per-example mean: equal micro-batches average to the full-batch value
+        seen.append(b["x"].shape)
+        err = b["x"] @ p["w"] - b["y"]
+        return jnp.mean(err**2), {"abs": jnp.mean(jnp.abs(err))}
+
+    (l1, m1), g1 = jax.jit(accumulated_grad(loss, 1, mesh))(params, batch, jax.random.PRNGKey(0))
+    (l4, m4), g4 = jax.jit(accumulated_grad(loss, 4, mesh))(params, batch, jax.random.PRNGKey(0))
+    assert seen[-1] == (2, 3)  # the scanned loss saw micro-batches of 8 / 4 rows
+    np.testing.assert_allclose(l4, l1, rtol=1e-6)
+    np.testing.assert_allclose(m4["abs"], m1["abs"], rtol=1e-6)
+    np.testing.assert_allclose(g4["w"], g1["w"], rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="not divisible"):
+        accumulated_grad(loss, 3, mesh)(params, batch, jax.random.PRNGKey(0))

@@ -14,24 +14,15 @@ import sys
 
 
 def parse_args(argv):
+    from trellis_jax.tools.configs import split_config_overrides
+
     ap = argparse.ArgumentParser(prog="trellis-jax train", description=__doc__.splitlines()[0],
                                  epilog="Any config key can be overridden: --config.optimizer.lr=3e-4 --config.total_steps=200 "
                                         "(unknown keys are an error naming them).")
     ap.add_argument("--config", required=True, help="experiments/train/<file>.py:<variant>")
     ap.add_argument("--workdir", required=True)
     args, rest = ap.parse_known_args(argv)
-    overrides, i = [], 0
-    while i < len(rest):  # --config.a.b=v or --config.a.b v
-        a = rest[i]
-        if not a.startswith("--config."):
-            ap.error(f"unrecognised argument {a!r} (overrides look like --config.key=value)")
-        a = a[len("--config."):]
-        if "=" not in a:
-            if i + 1 >= len(rest):
-                ap.error(f"--config.{a} needs a value")
-            a, i = f"{a}={rest[i + 1]}", i + 1
-        overrides.append(a)
-        i += 1
+    overrides = split_config_overrides(rest, ap.error)
     return args, overrides
 
 

@@ -13,6 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.total_steps = 1_000_000          # reference max_steps
     c.batch_size = 8                   # global batch (split over the mesh's data x fsdp axes)
+    c.batch_split = 1                  # gradient accumulation: micro-batches per step (reference `batch_split`)
     c.compute_dtype = "float32"        # model compute dtype; params (master weights) stay float32
     # PRNG of the parameter init. 'rbg' compiles ~10x faster on CPU (one op per tensor instead of an
     # unrolled threefry) but its values may depend on the sharding; threefry is sharding-invariant.

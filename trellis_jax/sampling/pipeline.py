@@ -239,6 +239,13 @@ class TrellisPipeline:
 
         return jax.jit(run, static_argnums=(6,))
 
+    @property
+    def jitted(self):
+        """The composed sampler as one jitted function (params, cond, neg_cond, seeds, noise_ss, noise_slat,
+        multi_image) -> dict (noise None = from seeds; multi_image static); `sample` calls it,
+        `trellis_jax.aot` lowers it on abstract inputs."""
+        return self._jitted
+
     def sample(self, cond, neg_cond, seeds=None, multi_image: bool = False, on_error: str = "raise", *,
                noise_ss=None, noise_slat=None) -> dict:
         """cond [B, Lc, Cc] (or [B, K, Lc, Cc] for multi-image), neg_cond [B or 1, Lc, Cc] or None, seeds [B].

@@ -1,5 +1,9 @@
-"""Write a small pipeline directory with random weights (official layout), for tests, the notebook
-smoke run and benchmarks: nothing to download, seconds to make. NOT a trained model."""
+"""Random-weight pipelines, for tests, the notebook smoke run, benchmarks and ahead-of-time compiles:
+nothing to download. NOT trained models.
+
+    write_random_pipeline(dir)                     # a tiny pipeline directory (official layout)
+    pipe = pipeline_from_config(cfg, params_for)   # a TrellisPipeline from experiments/sample/*.py
+"""
 from __future__ import annotations
 
 import json
@@ -28,6 +32,37 @@ TINY = {
 }
 
 
+def calibrate_occupancy(decoder, params, occupancy: float, seed: int = 0, resolution: int = 8):
+    """Shift a random SS decoder's output bias so that about `occupancy` of its grid is occupied on a
+    random latent [2, r, r, r, 8] (a random decoder would otherwise fill half of it)."""
+    z = jax.random.normal(jax.random.PRNGKey(seed), (2,) + (resolution,) * 3 + (decoder.latent_channels,))
+    logits = decoder.apply(params, z).astype(jnp.float32)
+    out = jax.tree.map(lambda a: a, params)
+    out["params"]["out_layer_2"]["bias"] = params["params"]["out_layer_2"]["bias"] - jnp.quantile(logits, 1 - occupancy)
+    return out
+
+
+def pipeline_from_config(cfg, params_for):
+    """TrellisPipeline of a sampling config (experiments/sample/*.py): every network of `cfg.models`
+    built with the config's compute dtype; params_for(role, module) -> its params (random, loaded or
+    abstract ShapeDtypeStructs)."""
+    from trellis_jax.sampling.euler import SamplerConfig
+    from trellis_jax.sampling.pipeline import TrellisPipeline
+    from trellis_jax.tools.configs import model_from_config
+
+    if cfg.compute_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"config compute_dtype must be 'float32' or 'bfloat16', got {cfg.compute_dtype!r}")
+    dtype = getattr(jnp, cfg.compute_dtype)
+    models = {}
+    for role, m in cfg.models.items():
+        module = model_from_config(m, dtype=dtype)
+        models[role] = (module, params_for(role, module))
+    return TrellisPipeline(
+        models, SamplerConfig.from_params(cfg.ss_sampler.to_dict()), SamplerConfig.from_params(cfg.slat_sampler.to_dict()),
+        capacity=int(cfg.capacity), formats=tuple(cfg.formats), num_stage2_sizes=int(cfg.num_stage2_sizes),
+        min_stage2_size=int(cfg.min_stage2_size))
+
+
 def write_random_pipeline(directory, seed: int = 0, occupancy: float = 0.04, steps: int = 4) -> Path:
     """Tiny image-conditioned pipeline (tiny random DINOv2 condition encoder). The SS decoder's output
     bias is calibrated on a random latent so about `occupancy` of the grid is occupied (a random
@@ -38,9 +73,7 @@ def write_random_pipeline(directory, seed: int = 0, occupancy: float = 0.04, ste
         p = nn.meta.unbox(m.init(jax.random.PRNGKey(seed + i), *dummy_inputs(m)))
         p = jax.tree.map(lambda a: a + 0.02 * jax.random.normal(jax.random.PRNGKey(seed + 100 + i), a.shape), p)
         if role == "sparse_structure_decoder":
-            z = jax.random.normal(jax.random.PRNGKey(seed), (2, 8, 8, 8, 8))
-            logits = m.apply(p, z)
-            p["params"]["out_layer_2"]["bias"] = p["params"]["out_layer_2"]["bias"] - jnp.quantile(logits, 1 - occupancy)
+            p = calibrate_occupancy(m, p, occupancy, seed)
         save_model(directory / "ckpts" / name, cls, args, p)
     sampler = {"name": "FlowEulerGuidanceIntervalSampler", "args": {"sigma_min": 1e-5},
                "params": {"steps": steps, "cfg_strength": 3.0, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0}}

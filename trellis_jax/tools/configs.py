@@ -46,6 +46,24 @@ def all_model_specs() -> list[str]:
     ]
 
 
+def split_config_overrides(rest, error) -> list[str]:
+    """Command-line leftovers `--config.a.b=v` / `--config.a.b v` -> ['a.b=v', ...]; anything else
+    calls `error(message)` (argparse's `ap.error`)."""
+    overrides, i = [], 0
+    while i < len(rest):
+        a = rest[i]
+        if not a.startswith("--config."):
+            error(f"unrecognised argument {a!r} (overrides look like --config.key=value)")
+        a = a[len("--config."):]
+        if "=" not in a:
+            if i + 1 >= len(rest):
+                error(f"--config.{a} needs a value")
+            a, i = f"{a}={rest[i + 1]}", i + 1
+        overrides.append(a)
+        i += 1
+    return overrides
+
+
 class ConfigKeyError(KeyError):
     """An override names a key the config does not have."""
 

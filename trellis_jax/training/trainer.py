@@ -25,7 +25,7 @@ from flax import struct
 from trellis_jax.training import sharding as sh
 from trellis_jax.training.optimizer import clip_stats, ema_update, lr_schedule, make_optimizer
 
-__all__ = ["TrainState", "build_task", "make_optimizer", "compile_train", "run", "NonFiniteError"]
+__all__ = ["TrainState", "build_task", "make_optimizer", "compile_train", "accumulated_grad", "abstract_like", "run", "NonFiniteError"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -56,12 +56,51 @@ def _is_box(x):
     return isinstance(x, nn.meta.AxisMetadata)
 
 
+def accumulated_grad(loss_fn, batch_split: int, mesh):
+    """value_and_grad of loss_fn(params, batch, rng) -> (loss, metrics), over `batch_split` micro-batches.
+
+    batch_split = 1 is plain `jax.value_and_grad`. Otherwise (gradient accumulation, the reference's
+    `batch_split`) every batch shard's rows are cut into batch_split equal micro-batches, spread over
+    all shards like the batch, and a `lax.scan` sums their gradients (fp32, params' sharding): loss,
+    metrics and gradients are the micro-batch means (the reference scales each micro-batch loss by
+    1/batch_split); micro-batch j uses rng fold_in(rng, j). Live activations shrink batch_split-fold."""
+    vg = jax.value_and_grad(loss_fn, has_aux=True)
+    if batch_split < 1:
+        raise ValueError(f"config batch_split must be >= 1, got {batch_split}")
+    if batch_split == 1:
+        return vg
+    shards = int(np.prod([mesh.shape[a] for a in sh.BATCH_AXES]))
+    micro_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sh.BATCH_AXES))
+
+    def split(x):  # [B, ...] -> [batch_split, B / batch_split, ...]; micro-batch j = rows j, j + n, j + 2n, ...
+        if x.shape[0] % (shards * batch_split):
+            raise ValueError(f"batch of {x.shape[0]} is not divisible by {shards} batch shards x batch_split {batch_split}")
+        x = jnp.moveaxis(x.reshape((x.shape[0] // batch_split, batch_split) + x.shape[1:]), 1, 0)
+        return jax.lax.with_sharding_constraint(x, micro_sharding)
+
+    def grad_fn(params, batch, rng):
+        micro = jax.tree.map(split, batch)
+
+        def one(acc, xs):
+            j, mb = xs
+            out, grads = vg(params, mb, jax.random.fold_in(rng, j))
+            return jax.tree.map(lambda a, g: a + g.astype(jnp.float32) / batch_split, acc, (out, grads)), None
+
+        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32),
+                             jax.eval_shape(vg, params, jax.tree.map(lambda x: x[0], micro), rng))
+        (out, grads), _ = jax.lax.scan(one, zeros, (jnp.arange(batch_split), micro))
+        return out, jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+
+    return grad_fn
+
+
 def compile_train(cfg, task, mesh, rules):
     """(init_fn, step_fn, state_shardings) for `task` on `mesh` with logical-axis `rules`.
 
     init_fn(rng) -> TrainState (unboxed, placed with state_shardings); step_fn(state, batch) ->
     (state, metrics) jitted with explicit in/out shardings and the state donated. metrics: loss,
-    task metrics, grad_norm, clip_threshold, finite (1.0 / 0.0)."""
+    task metrics, grad_norm, clip_threshold, finite (1.0 / 0.0). cfg.batch_split (default 1)
+    accumulates gradients over that many micro-batches (`accumulated_grad`)."""
     tx = make_optimizer(cfg)
     decay = float(cfg.ema.decay)
 
@@ -82,9 +121,11 @@ def compile_train(cfg, task, mesh, rules):
 
     init_fn = jax.jit(lambda rng: nn.meta.unbox(boxed_state(rng)), out_shardings=state_shardings)
 
+    grad_fn = accumulated_grad(task.loss, int(cfg.get("batch_split", 1)), mesh)
+
     def step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
-        (loss, metrics), grads = jax.value_and_grad(task.loss, has_aux=True)(state.params, batch, rng)
+        (loss, metrics), grads = grad_fn(state.params, batch, rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), state.params, updates)
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
@@ -100,7 +141,8 @@ def compile_train(cfg, task, mesh, rules):
     return init_fn, step_fn, state_shardings
 
 
-def _abstract_like(shardings, state_shapes):
+def abstract_like(shardings, state_shapes):
+    """ShapeDtypeStructs of `state_shapes` carrying `shardings` (restore targets, ahead-of-time lowering)."""
     return jax.tree.map(lambda s, x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shardings, state_shapes)
 
 
@@ -154,7 +196,7 @@ def _run(cfg, workdir: Path, log) -> dict:
             start = 0
         else:
             shapes = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
-            state, data_state = ckpt.restore(start, _abstract_like(shardings, shapes))
+            state, data_state = ckpt.restore(start, abstract_like(shardings, shapes))
             batches.set_state(data_state)
             log(f"train: resumed from {ckpt.path(start)} (step {start})")
         if jax.process_index() == 0:  # only once the resume is accepted: a rejected one keeps the old config.json
