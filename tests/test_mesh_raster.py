@@ -136,3 +136,9 @@ def test_padded_faces_are_ignored_and_overflow_is_reported():
     assert np.asarray(tight.overflow).all()
     tight_bins = _raster(mesh.vertices, mesh.faces, ext, intr, bin_capacity=64)
     assert np.asarray(tight_bins.overflow).all()
+    # the reported load is what the capacities must be: exactly that much renders the same image
+    load = np.asarray(full.tile_load)
+    np.testing.assert_array_equal(np.asarray(tight.tile_load), load)
+    exact = _raster(mesh.vertices, mesh.faces, ext, intr, tile_capacity=int(load[:, 0].max()), bin_capacity=int(load[:, 1].max()))
+    assert not np.asarray(exact.overflow).any()
+    np.testing.assert_array_equal(np.asarray(exact.triangle_id), np.asarray(full.triangle_id))

@@ -48,6 +48,16 @@ def test_frames_show_each_representation():
         turntable_frames()
 
 
+def test_mesh_views_grow_a_too_small_tile_capacity():
+    from trellis_jax.render.turntable import render_mesh_views
+
+    ext, intr = turntable_cameras(2)
+    want = render_mesh_views(*_mesh(), ext, intr, R)
+    got = render_mesh_views(*_mesh(), ext, intr, R, tile_capacity=2)  # overflows, then re-renders
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
 def test_video_is_written_atomically_and_reads_back(tmp_path):
     path = render_turntable(tmp_path / "out" / "turntable.mp4", mesh=_mesh()[:2] + (None,), num_frames=5, fps=15, resolution=R)
     assert [p.name for p in path.parent.iterdir()] == ["turntable.mp4"]  # no temporary left behind

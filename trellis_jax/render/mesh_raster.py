@@ -47,6 +47,7 @@ class Raster(NamedTuple):
     mask          bool  [C, H, W]      covered pixels
     screen        f32   [C, V, 2]      vertex positions in pixels (x right, y down), used by `antialias`
     overflow      bool  [C]            a tile or bin capacity was too small for that camera
+    tile_load     int32 [C, 2]         (most faces in one tile, (tile, face) pairs): the capacities that camera needed
     """
 
     triangle_id: jax.Array
@@ -55,6 +56,7 @@ class Raster(NamedTuple):
     mask: jax.Array
     screen: jax.Array
     overflow: jax.Array
+    tile_load: jax.Array
 
 
 def project_vertices(vertices: jax.Array, extrinsics: jax.Array, intrinsics: jax.Array, height: int, width: int):
@@ -84,7 +86,8 @@ def _screen_barycentrics(tri: jax.Array, p: jax.Array) -> jax.Array:
 
 
 def _bin_faces(tri_uv, valid, height_p, width_p, tile_size, tile_capacity, bin_capacity):
-    """Candidate faces per tile: int32 [tiles, tile_capacity] (−1 = empty) and an overflow flag."""
+    """Candidate faces per tile: int32 [tiles, tile_capacity] (−1 = empty), an overflow flag and the load
+    int32 [2] (most faces in a tile, total pairs)."""
     ntx, nty = width_p // tile_size, height_p // tile_size
     num_faces = tri_uv.shape[0]
     lo, hi = tri_uv.min(1), tri_uv.max(1)  # [F, 2]
@@ -114,8 +117,9 @@ def _bin_faces(tri_uv, valid, height_p, width_p, tile_size, tile_capacity, bin_c
     k = jnp.arange(tile_capacity)
     idx = t0[:, None] + k[None]
     cand = jnp.where(idx < t1[:, None], face_s[jnp.minimum(idx, bin_capacity - 1)], -1)
-    overflow = (end[-1] > bin_capacity) | jnp.any(t1 - t0 > tile_capacity)
-    return cand, overflow
+    load = jnp.stack([jnp.max(t1 - t0), end[-1]])
+    overflow = (end[-1] > bin_capacity) | (load[0] > tile_capacity)
+    return cand, overflow, load
 
 
 def _visible_faces(cand, tri_uv, tri_invz, height_p, width_p, tile_size, tile_chunk):
@@ -181,11 +185,11 @@ def rasterize_mesh(
         tri_uv, tri_z = uv[faces], zc[faces]  # [F, 3, 2], [F, 3]
         area = _cross2(tri_uv[:, 1] - tri_uv[:, 0], tri_uv[:, 2] - tri_uv[:, 0])
         valid = face_mask & jnp.all(tri_z > near, -1) & jnp.any(tri_z < far, -1) & (jnp.abs(area) > 1e-12)
-        cand, overflow = _bin_faces(tri_uv, valid, height_p, width_p, tile_size, tile_capacity, bin_capacity)
+        cand, overflow, load = _bin_faces(tri_uv, valid, height_p, width_p, tile_size, tile_capacity, bin_capacity)
         ids = _visible_faces(cand, tri_uv, 1.0 / jnp.maximum(tri_z, near), height_p, width_p, tile_size, tile_chunk)
-        return ids[:height, :width], overflow
+        return ids[:height, :width], overflow, load
 
-    tri_id, overflow = jax.lax.map(one_camera, (screen, z))
+    tri_id, overflow, load = jax.lax.map(one_camera, (screen, z))
     mask = tri_id >= 0
     # differentiable part: barycentrics and depth of the chosen triangle from its (projected) vertices
     fid = jnp.maximum(tri_id, 0)
@@ -201,7 +205,7 @@ def rasterize_mesh(
     inv_depth = jnp.where(mask[..., None], inv_depth, 1.0)
     bary = jnp.where(mask[..., None], w / inv_depth, 0.0)
     depth = jnp.where(mask, 1.0 / inv_depth[..., 0], 0.0)
-    return Raster(tri_id, bary, depth, mask, screen, overflow)
+    return Raster(tri_id, bary, depth, mask, screen, overflow, load)
 
 
 def interpolate(attrs: jax.Array, raster: Raster, faces: jax.Array) -> jax.Array:

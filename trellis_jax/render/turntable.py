@@ -33,7 +33,7 @@ def turntable_cameras(num_frames: int, radius: float = 2.0, fov_deg: float = 40.
 
 @functools.partial(jax.jit, static_argnames=("resolution", "tile_capacity", "bin_capacity"))
 def _shade_mesh(vertices, faces, face_mask, colours, extrinsics, intrinsics, background, *, resolution, tile_capacity, bin_capacity):
-    """One camera -> (colour [R, R, 3], normal [R, R, 3], overflow []) with antialiased silhouettes."""
+    """One camera -> (colour [R, R, 3], normal [R, R, 3], overflow [], tile_load [2]), silhouettes antialiased."""
     ras = mesh_raster.rasterize_mesh(vertices, faces, face_mask, extrinsics[None], intrinsics[None], height=resolution,
                                      width=resolution, near=1.0, far=100.0, tile_capacity=tile_capacity,
                                      bin_capacity=bin_capacity)
@@ -42,7 +42,7 @@ def _shade_mesh(vertices, faces, face_mask, colours, extrinsics, intrinsics, bac
     m = ras.mask[..., None]
     img = jnp.concatenate([jnp.where(m, colour, background), jnp.where(m, normal, background)], -1)
     img = mesh_raster.antialias(img, ras, faces)[0]
-    return img[..., :3], img[..., 3:], ras.overflow[0]
+    return img[..., :3], img[..., 3:], ras.overflow[0], ras.tile_load[0]
 
 
 def _pow2(n: int, floor: int) -> int:
@@ -54,8 +54,8 @@ def render_mesh_views(vertices, faces, vertex_attrs, extrinsics, intrinsics, res
     """Host mesh (vertices [n, 3], faces [m, 3], vertex_attrs [n, A] with RGB first, A may be 0) and
     cameras -> uint8 (colour [V, R, R, 3] or None without colour, normal [V, R, R, 3]).
 
-    Shapes are padded to powers of two (few compilations). A view whose tiles overflow is rendered
-    again with doubled capacities; CapacityError if that is still not enough."""
+    Shapes are padded to powers of two (few compilations). A view that overflows the tile capacities
+    is rendered again with capacities raised to the load it reported (kept for the later views)."""
     n, m = len(vertices), len(faces)
     vcap, fcap = _pow2(n, 1024), _pow2(m, 1024)
     has_colour = vertex_attrs is not None and np.shape(vertex_attrs)[-1] >= 3
@@ -70,16 +70,17 @@ def render_mesh_views(vertices, faces, vertex_attrs, extrinsics, intrinsics, res
     tiles = (-(-resolution // 8)) ** 2
     colours, normals = [], []
     views = list(zip(extrinsics, intrinsics))
+    cap, bins = tile_capacity, 4 * fcap + 16 * tiles
     for E, K in (progress(views) if progress else views):
-        cap, bins = tile_capacity, 4 * fcap + 16 * tiles
-        for _ in range(4):
-            c, nrm, overflow = _shade_mesh(*args, jnp.asarray(E), jnp.asarray(K), bg, resolution=resolution,
-                                           tile_capacity=cap, bin_capacity=bins)
+        for attempt in range(2):
+            c, nrm, overflow, load = _shade_mesh(*args, jnp.asarray(E), jnp.asarray(K), bg, resolution=resolution,
+                                                 tile_capacity=cap, bin_capacity=bins)
             if not bool(overflow):
                 break
-            cap, bins = 2 * cap, 2 * bins
-        else:
-            raise CapacityError(f"mesh rasterisation overflowed tile capacity {cap // 2} at {resolution}²")
+            if attempt:
+                raise CapacityError(f"mesh rasterisation overflowed tile capacities ({cap}, {bins}) at {resolution}²")
+            load = np.asarray(load)
+            cap, bins = max(cap, _pow2(int(load[0]), 1)), max(bins, _pow2(int(load[1]), 1))
         colours.append(c)
         normals.append(nrm)
     to_u8 = lambda frames: (np.clip(np.stack([np.asarray(f) for f in frames]), 0, 1) * 255).astype(np.uint8)
