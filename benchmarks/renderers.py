@@ -1,7 +1,7 @@
 """Renderer times: the Gaussian splatter and the mesh rasteriser, forward and forward+backward, one view.
 
     python benchmarks/renderers.py [--resolution 512] [--gaussians 640000] [--faces 200000] [--runs 3]
-                                   [--tile-capacity 512] [--skip gaussians|mesh]
+                                   [--tile-size 4] [--tile-capacity 256] [--skip gaussians|mesh]
 
 Gaussians: `--gaussians` of them (a decoded SLAT has 32 per active voxel, ~20K voxels: 640K) spread over
 a 0.4-radius sphere shell, scale 0.004 (a few pixels at 512²). Mesh: an icosphere of radius 0.45 with the
@@ -60,7 +60,7 @@ def bench_gaussians(n, res, runs, E, K):
         print(f"gaussians {name}: n={n} res={res}² compile={c:.1f}s median={t * 1000:.0f}ms", flush=True)
 
 
-def bench_mesh(faces_target, res, runs, E, K, tile_capacity):
+def bench_mesh(faces_target, res, runs, E, K, tile_size, tile_capacity):
     subdivisions = max(0, int(np.ceil(np.log(faces_target / 20) / np.log(4) - 0.5)))  # 20·4^s faces, nearest
     m = trimesh.creation.icosphere(subdivisions, radius=0.45)
     v = jnp.asarray(m.vertices, jnp.float32)
@@ -70,7 +70,7 @@ def bench_mesh(faces_target, res, runs, E, K, tile_capacity):
     col = jnp.asarray(rng.uniform(size=(len(m.vertices), 3)), jnp.float32)
     cam = (jnp.asarray(E)[None], jnp.asarray(K)[None])
     weights = jnp.asarray(rng.uniform(size=(1, res, res, 3)), jnp.float32)
-    kw = dict(height=res, width=res, near=1.0, far=100.0, tile_capacity=tile_capacity)
+    kw = dict(height=res, width=res, near=1.0, far=100.0, tile_size=tile_size, tile_capacity=tile_capacity)
 
     def fwd(v, col):
         ras = mesh_raster.rasterize_mesh(v, f, fm, *cam, **kw)
@@ -85,7 +85,7 @@ def bench_mesh(faces_target, res, runs, E, K, tile_capacity):
     overflow, load = bool(overflow[0]), np.asarray(load[0]).tolist()
     for name, fn in (("forward", jax.jit(fwd)), ("forward+backward", jax.jit(jax.grad(loss, argnums=(0, 1))))):
         c, t = timed(fn, (v, col), runs)
-        print(f"mesh {name}: faces={len(m.faces)} res={res}² tile_capacity={tile_capacity} overflow={overflow} needed(tile, bins)={load} "
+        print(f"mesh {name}: faces={len(m.faces)} res={res}² tile={tile_size}² tile_capacity={tile_capacity} overflow={overflow} needed(tile, bins)={load} "
               f"compile={c:.1f}s median={t * 1000:.0f}ms", flush=True)
 
 
@@ -95,7 +95,8 @@ def main():
     p.add_argument("--gaussians", type=int, default=640_000)
     p.add_argument("--faces", type=int, default=200_000)
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--tile-capacity", type=int, default=512)
+    p.add_argument("--tile-size", type=int, default=4)
+    p.add_argument("--tile-capacity", type=int, default=256)
     p.add_argument("--skip", choices=["gaussians", "mesh"], default=None)
     args = p.parse_args()
     ext, intr = turntable_cameras(1)
@@ -103,7 +104,7 @@ def main():
     if args.skip != "gaussians":
         bench_gaussians(args.gaussians, args.resolution, args.runs, ext[0], intr[0])
     if args.skip != "mesh":
-        bench_mesh(args.faces, args.resolution, args.runs, ext[0], intr[0], args.tile_capacity)
+        bench_mesh(args.faces, args.resolution, args.runs, ext[0], intr[0], args.tile_size, args.tile_capacity)
 
 
 if __name__ == "__main__":

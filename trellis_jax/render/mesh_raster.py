@@ -164,10 +164,10 @@ def rasterize_mesh(
     width: int,
     near: float = 0.1,
     far: float = 100.0,
-    tile_size: int = 8,
-    tile_capacity: int = 512,
+    tile_size: int = 4,
+    tile_capacity: int = 256,
     bin_capacity: int | None = None,
-    tile_chunk: int = 64,
+    tile_chunk: int = 256,
 ) -> Raster:
     """Rasterise one mesh (vertices [V, 3] f32 world, faces [F, 3] int32, face_mask bool [F]) into C cameras
     (extrinsics [C, 4, 4], intrinsics [C, 3, 3]). `bin_capacity` bounds the (tile, face) pairs; by default

@@ -50,7 +50,7 @@ def _pow2(n: int, floor: int) -> int:
 
 
 def render_mesh_views(vertices, faces, vertex_attrs, extrinsics, intrinsics, resolution: int, bg=(0.0, 0.0, 0.0),
-                      tile_capacity: int = 512, progress=None):
+                      tile_capacity: int = 256, progress=None):
     """Host mesh (vertices [n, 3], faces [m, 3], vertex_attrs [n, A] with RGB first, A may be 0) and
     cameras -> uint8 (colour [V, R, R, 3] or None without colour, normal [V, R, R, 3]).
 
@@ -67,10 +67,9 @@ def render_mesh_views(vertices, faces, vertex_attrs, extrinsics, intrinsics, res
         jnp.asarray(np.concatenate([col, np.zeros((vcap - n, 3), np.float32)])),
     )
     bg = jnp.asarray(bg, jnp.float32)
-    tiles = (-(-resolution // 8)) ** 2
     colours, normals = [], []
     views = list(zip(extrinsics, intrinsics))
-    cap, bins = tile_capacity, 4 * fcap + 16 * tiles
+    cap, bins = tile_capacity, None  # None: the rasteriser's default bin capacity
     for E, K in (progress(views) if progress else views):
         for attempt in range(2):
             c, nrm, overflow, load = _shade_mesh(*args, jnp.asarray(E), jnp.asarray(K), bg, resolution=resolution,
@@ -80,7 +79,7 @@ def render_mesh_views(vertices, faces, vertex_attrs, extrinsics, intrinsics, res
             if attempt:
                 raise CapacityError(f"mesh rasterisation overflowed tile capacities ({cap}, {bins}) at {resolution}²")
             load = np.asarray(load)
-            cap, bins = max(cap, _pow2(int(load[0]), 1)), max(bins, _pow2(int(load[1]), 1))
+            cap, bins = max(cap, _pow2(int(load[0]), 1)), max(bins or 0, _pow2(int(load[1]), 1))
         colours.append(c)
         normals.append(nrm)
     to_u8 = lambda frames: (np.clip(np.stack([np.asarray(f) for f in frames]), 0, 1) * 255).astype(np.uint8)
