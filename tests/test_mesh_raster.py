@@ -142,3 +142,20 @@ def test_padded_faces_are_ignored_and_overflow_is_reported():
     exact = _raster(mesh.vertices, mesh.faces, ext, intr, tile_capacity=int(load[:, 0].max()), bin_capacity=int(load[:, 1].max()))
     assert not np.asarray(exact.overflow).any()
     np.testing.assert_array_equal(np.asarray(exact.triangle_id), np.asarray(full.triangle_id))
+
+
+def test_gradients_are_finite_with_degenerate_and_padding_faces():
+    mesh = trimesh.creation.icosphere(2, 0.35)
+    faces = jnp.asarray(np.concatenate([[[0, 0, 0]], mesh.faces, np.zeros((7, 3))]), jnp.int32)  # degenerate first
+    face_mask = jnp.arange(len(faces)) < len(mesh.faces) + 1
+    ext, intr = _cameras()
+
+    def loss(v, col):
+        ras = mr.rasterize_mesh(v, faces, face_mask, jnp.asarray(ext), jnp.asarray(intr), height=32, width=32)
+        img = jnp.concatenate([mr.interpolate(col, ras, faces), mr.pixel_face_normals(v, faces, ras)], -1)
+        normals = mr.vertex_normals(v, faces, face_mask)
+        return jnp.sum(mr.antialias(img, ras, faces)) + jnp.sum(ras.depth) + jnp.sum(mr.interpolate(normals, ras, faces))
+
+    gv, gc = jax.grad(loss, argnums=(0, 1))(jnp.asarray(mesh.vertices, jnp.float32), jnp.ones((len(mesh.vertices), 3)))
+    assert np.isfinite(np.asarray(gv)).all() and np.isfinite(np.asarray(gc)).all()
+    assert np.abs(np.asarray(gv)).max() > 0

@@ -214,11 +214,15 @@ def interpolate(attrs: jax.Array, raster: Raster, faces: jax.Array) -> jax.Array
     return jnp.einsum("chwk,chwka->chwa", raster.barycentrics, attrs[vidx])
 
 
+def _unit(x: jax.Array) -> jax.Array:
+    """x / |x| along the last axis, with a finite gradient at 0 (degenerate or padding faces)."""
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), 1e-24))
+
+
 def face_normals(vertices: jax.Array, faces: jax.Array) -> jax.Array:
     """Unit normals [F, 3] of the faces, right-handed in the vertex order ((v1 − v0) × (v2 − v0))."""
     tri = vertices[faces]
-    n = jnp.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    return n / jnp.maximum(jnp.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
+    return _unit(jnp.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]))
 
 
 def vertex_normals(vertices: jax.Array, faces: jax.Array, face_mask: jax.Array) -> jax.Array:
@@ -226,7 +230,7 @@ def vertex_normals(vertices: jax.Array, faces: jax.Array, face_mask: jax.Array) 
     tri = vertices[faces]
     n = jnp.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]) * face_mask[:, None]
     acc = jax.ops.segment_sum(jnp.repeat(n, 3, axis=0), faces.reshape(-1), num_segments=vertices.shape[0])
-    return acc / jnp.maximum(jnp.linalg.norm(acc, axis=-1, keepdims=True), 1e-12)
+    return _unit(acc)
 
 
 def pixel_face_normals(vertices: jax.Array, faces: jax.Array, raster: Raster) -> jax.Array:
