@@ -11,18 +11,20 @@ Memory: no [pixels, faces] array is built. The image is cut into `tile_size`² t
 screen bounding box is expanded into (tile, face) pairs (at most `bin_capacity`), sorted by tile, and
 each tile keeps its first `tile_capacity` faces. The depth test then costs [tiles, tile_size², tile_capacity],
 evaluated over chunks of tiles. When either capacity is too small the camera's `overflow` flag is set
-(the image may miss triangles there): check it, as with every other capacity in the package.
+(the image may miss triangles there): check it, as with every other capacity in the package;
+`tile_load` says what the capacities must be to render that camera exactly.
 
 `antialias` gives silhouettes a gradient, in the spirit of nvdiffrast's antialias: for every pair of
 horizontally or vertically adjacent pixels where one is covered and the other is background, it finds
 where the covered pixel's triangle edge crosses the segment between the two pixel centres (t ∈ [0, 1]
 from the covered centre) and blends the pair's values by how far that crossing lies from the midpoint:
 the outer pixel takes (t − ½) of the inner one's value when t > ½, the inner pixel takes (½ − t) of the
-outer one's value when t < ½. The result is continuous as an edge sweeps across pixel centres, and
-its gradient reaches the edge's vertices through t. Only 4-neighbour pairs are looked at, so the value
-still jumps when a triangle corner first covers a pixel centre none of whose 4-neighbours is covered
-(as any pixel-pair scheme). Occlusion edges inside the object (a triangle in
-front of another) are not antialiased.
+outer one's value when t < ½. Between coverage changes this is smooth in the vertex positions, and
+the gradient reaches the edge's vertices through t; the antialiased mask then integrates to about the
+triangle's area. When a pixel centre crosses an edge the value is continuous if a 4-neighbour pair
+spans the moving edge, and jumps otherwise (near corners, for instance): as with any pixel-pair scheme
+the gradient is that of the smooth part. Occlusion edges inside the object (a triangle in front of
+another) are not antialiased.
 
 Conventions (as `cameras.py`): OpenCV world→camera extrinsics [C, 4, 4], normalised intrinsics
 [C, 3, 3]; pixel (i, j) has its centre at image coordinate (j + ½, i + ½) · (1/W, 1/H). Triangles with
