@@ -26,6 +26,8 @@ setup(
         "pillow",
         "scipy",
         "rtree",
+        "imageio",
+        "imageio-ffmpeg",
     ],
     extras_require={
         "dev": ["pytest", "pytest-xdist", "nbconvert", "nbclient", "ipykernel", "apache-beam"],

@@ -122,23 +122,29 @@ class Renderer:
         scene.add(pr.DirectionalLight(color=np.ones(3), intensity=0.6), pose=below)
         return scene
 
-    def render(self, asset: Asset, extrinsics: np.ndarray, intrinsics: np.ndarray) -> np.ndarray:
-        """RGBA uint8 [V, R, R, 4] of the asset seen by each (world->cam OpenCV, normalised K) view."""
+    def _views(self, asset: Asset, extrinsics: np.ndarray, intrinsics: np.ndarray, flags):
+        """pyrender's (colour, depth) for each (world->cam OpenCV, normalised K) view, in order."""
         pr = self._pyrender
         scene = self._scene(asset)
         res = self.resolution
-        poses = cameras.opengl_c2w_from_extrinsics(extrinsics)
-        images = np.empty((len(extrinsics), res, res, 4), np.uint8)
         cam_node = None
-        for v, (pose, k) in enumerate(zip(poses, intrinsics)):
+        for pose, k in zip(cameras.opengl_c2w_from_extrinsics(extrinsics), intrinsics):
             cam = pr.IntrinsicsCamera(fx=k[0, 0] * res, fy=k[1, 1] * res, cx=k[0, 2] * res, cy=k[1, 2] * res,
                                       znear=0.05, zfar=100.0)
             if cam_node is not None:
                 scene.remove_node(cam_node)
             cam_node = scene.add(cam, pose=pose)
-            color, _ = self._renderer.render(scene, flags=pr.RenderFlags.RGBA)
-            images[v] = _unpremultiply(color)
-        return images
+            yield self._renderer.render(scene, flags=flags)
+
+    def render(self, asset: Asset, extrinsics: np.ndarray, intrinsics: np.ndarray) -> np.ndarray:
+        """RGBA uint8 [V, R, R, 4] of the asset seen by each (world->cam OpenCV, normalised K) view."""
+        views = self._views(asset, extrinsics, intrinsics, self._pyrender.RenderFlags.RGBA)
+        return np.stack([_unpremultiply(color) for color, _ in views])
+
+    def render_depth(self, asset: Asset, extrinsics: np.ndarray, intrinsics: np.ndarray) -> np.ndarray:
+        """Camera-space depth f32 [V, R, R] (0 where no surface) of each view, without multisampling."""
+        views = self._views(asset, extrinsics, intrinsics, self._pyrender.RenderFlags.DEPTH_ONLY)
+        return np.stack([np.asarray(depth, np.float32) for depth in views])
 
 
 def _unpremultiply(rgba: np.ndarray) -> np.ndarray:

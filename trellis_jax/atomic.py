@@ -24,23 +24,26 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def _temp_sibling(path: Path) -> Path:
+def _temp_sibling(path: Path, keep_suffix: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    suffix = ".tmp" + (path.suffix if keep_suffix else "")
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     os.chmod(name, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
     return Path(name)
 
 
-def atomic_write_many(writers: dict[str | Path, Callable[[Path], Any]]) -> list[Path]:
+def atomic_write_many(writers: dict[str | Path, Callable[[Path], Any]], keep_suffix: bool = False) -> list[Path]:
     """Call each `write(tmp_path)` on a unique temporary sibling of its path, then rename all into place.
 
-    An exception in any writer leaves every target untouched and no temporary file behind."""
+    An exception in any writer leaves every target untouched and no temporary file behind.
+    `keep_suffix` ends the temporary name in the target's suffix, for writers (ffmpeg) that take the
+    container format from the file name."""
     tmps: dict[Path, Path] = {}
     try:
         for path, write in writers.items():
             path = Path(path)
-            tmps[path] = _temp_sibling(path)
+            tmps[path] = _temp_sibling(path, keep_suffix)
             write(tmps[path])
         for path, tmp in tmps.items():
             os.replace(tmp, path)
@@ -50,9 +53,10 @@ def atomic_write_many(writers: dict[str | Path, Callable[[Path], Any]]) -> list[
     return list(tmps)
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
-    """`write(tmp_path)` then rename onto `path`. Writers must not infer a format from tmp_path's suffix."""
-    return atomic_write_many({path: write})[0]
+def atomic_write(path: str | Path, write: Callable[[Path], Any], keep_suffix: bool = False) -> Path:
+    """`write(tmp_path)` then rename onto `path`. Writers must not infer a format from tmp_path's suffix
+    unless `keep_suffix` (then tmp_path ends in path's suffix)."""
+    return atomic_write_many({path: write}, keep_suffix)[0]
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

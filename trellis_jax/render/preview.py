@@ -14,6 +14,12 @@ from trellis_jax.render.gaussian_splatting import render_gaussians, sh_dc_to_rgb
 def render_views(g: dict, yaws, pitches, resolution: int = 256, radius: float = 2.0, fov: float = 40.0, bg=(1.0, 1.0, 1.0)):
     """g: host dict of one sample's Gaussians (xyz, features_dc, scaling, rotation, opacity) -> uint8 [V, R, R, 3]."""
     ext, intr = orbit_cameras(yaws, pitches, radius, fov)
+    return render_gaussian_views(g, ext, intr, resolution, bg)
+
+
+def render_gaussian_views(g: dict, extrinsics, intrinsics, resolution: int, bg=(1.0, 1.0, 1.0), progress=None):
+    """g as in `render_views`; cameras [V, 4, 4], [V, 3, 3] -> uint8 [V, R, R, 3]. `progress` wraps the
+    view loop (e.g. a tqdm factory)."""
     n = len(g["xyz"])
     cap = max(1024, 1 << int(np.ceil(np.log2(max(n, 1)))))  # pad to a power of two: few compiled shapes
     pad = lambda a, fill=0.0: np.concatenate([a, np.full((cap - n,) + a.shape[1:], fill, a.dtype)]) if cap > n else a
@@ -25,8 +31,9 @@ def render_views(g: dict, yaws, pitches, resolution: int = 256, radius: float = 
         jnp.asarray(pad(g["rotation"].astype(np.float32), 0.5)),
         jnp.asarray(np.arange(cap) < n),
     )
+    views = list(zip(extrinsics, intrinsics))
     frames = []
-    for E, K in zip(ext, intr):
+    for E, K in (progress(views) if progress else views):
         rgb, _, _ = render_gaussians(*args, jnp.asarray(E), jnp.asarray(K), jnp.asarray(bg, jnp.float32), height=resolution, width=resolution)
         frames.append((np.clip(np.asarray(rgb), 0, 1) * 255).astype(np.uint8))
     return np.stack(frames)

@@ -1,0 +1,121 @@
+"""Turntable videos of a generated asset: the reference's orbit, Gaussians and mesh side by side, as mp4.
+
+Camera path (the reference's `render_video`): over N frames yaw = linspace(0, 2π, N) and
+pitch = 0.25 + 0.5·sin(linspace(0, 2π, N)) radians, radius 2, vertical FoV 40°, looking at the origin
+with +z up. Panels, left to right, for what is given: Gaussian colour (the JAX splatter), mesh vertex
+colour (when the mesh has colour attributes) and mesh world-space face normals mapped to [0, 1] (the
+JAX rasteriser, silhouettes antialiased).
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from trellis_jax.atomic import atomic_write
+from trellis_jax.render import mesh_raster
+from trellis_jax.render.cameras import orbit_cameras
+from trellis_jax.render.preview import render_gaussian_views
+from trellis_jax.sparse.tensor import CapacityError
+
+
+def turntable_cameras(num_frames: int, radius: float = 2.0, fov_deg: float = 40.0):
+    """(extrinsics [N, 4, 4], intrinsics [N, 3, 3]) of the reference's video orbit."""
+    s = np.linspace(0.0, 2 * np.pi, num_frames)
+    return orbit_cameras(s, 0.25 + 0.5 * np.sin(s), radius, fov_deg)
+
+
+@functools.partial(jax.jit, static_argnames=("resolution", "tile_capacity", "bin_capacity"))
+def _shade_mesh(vertices, faces, face_mask, colours, extrinsics, intrinsics, background, *, resolution, tile_capacity, bin_capacity):
+    """One camera -> (colour [R, R, 3], normal [R, R, 3], overflow [], tile_load [2]), silhouettes antialiased."""
+    ras = mesh_raster.rasterize_mesh(vertices, faces, face_mask, extrinsics[None], intrinsics[None], height=resolution,
+                                     width=resolution, near=1.0, far=100.0, tile_capacity=tile_capacity,
+                                     bin_capacity=bin_capacity)
+    normal = mesh_raster.pixel_face_normals(vertices, faces, ras) * 0.5 + 0.5
+    colour = mesh_raster.interpolate(colours, ras, faces)
+    m = ras.mask[..., None]
+    img = jnp.concatenate([jnp.where(m, colour, background), jnp.where(m, normal, background)], -1)
+    img = mesh_raster.antialias(img, ras, faces)[0]
+    return img[..., :3], img[..., 3:], ras.overflow[0], ras.tile_load[0]
+
+
+def _pow2(n: int, floor: int) -> int:
+    return max(floor, 1 << int(np.ceil(np.log2(max(n, 1)))))
+
+
+def render_mesh_views(vertices, faces, vertex_attrs, extrinsics, intrinsics, resolution: int, bg=(0.0, 0.0, 0.0),
+                      tile_capacity: int = 256, progress=None):
+    """Host mesh (vertices [n, 3], faces [m, 3], vertex_attrs [n, A] with RGB first, A may be 0) and
+    cameras -> uint8 (colour [V, R, R, 3] or None without colour, normal [V, R, R, 3]).
+
+    Shapes are padded to powers of two (few compilations). A view that overflows the tile capacities
+    is rendered again with capacities raised to the load it reported (kept for the later views)."""
+    n, m = len(vertices), len(faces)
+    vcap, fcap = _pow2(n, 1024), _pow2(m, 1024)
+    has_colour = vertex_attrs is not None and np.shape(vertex_attrs)[-1] >= 3
+    col = np.asarray(vertex_attrs, np.float32)[:, :3] if has_colour else np.zeros((n, 3), np.float32)
+    args = (
+        jnp.asarray(np.concatenate([np.asarray(vertices, np.float32), np.zeros((vcap - n, 3), np.float32)])),
+        jnp.asarray(np.concatenate([np.asarray(faces, np.int32), np.zeros((fcap - m, 3), np.int32)])),
+        jnp.asarray(np.arange(fcap) < m),
+        jnp.asarray(np.concatenate([col, np.zeros((vcap - n, 3), np.float32)])),
+    )
+    bg = jnp.asarray(bg, jnp.float32)
+    colours, normals = [], []
+    views = list(zip(extrinsics, intrinsics))
+    cap, bins = tile_capacity, None  # None: the rasteriser's default bin capacity
+    for E, K in (progress(views) if progress else views):
+        for attempt in range(2):
+            c, nrm, overflow, load = _shade_mesh(*args, jnp.asarray(E), jnp.asarray(K), bg, resolution=resolution,
+                                                 tile_capacity=cap, bin_capacity=bins)
+            if not bool(overflow):
+                break
+            if attempt:
+                raise CapacityError(f"mesh rasterisation overflowed tile capacities ({cap}, {bins}) at {resolution}²")
+            load = np.asarray(load)
+            cap, bins = max(cap, _pow2(int(load[0]), 1)), max(bins or 0, _pow2(int(load[1]), 1))
+        colours.append(c)
+        normals.append(nrm)
+    to_u8 = lambda frames: (np.clip(np.stack([np.asarray(f) for f in frames]), 0, 1) * 255).astype(np.uint8)
+    return (to_u8(colours) if has_colour else None), to_u8(normals)
+
+
+def turntable_frames(gaussians: dict | None = None, mesh: tuple | None = None, num_frames: int = 120,
+                     resolution: int = 512, radius: float = 2.0, fov_deg: float = 40.0, bg=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """uint8 [N, R, P·R, 3]: P panels side by side (see the module docstring). gaussians: host dict
+    (xyz, features_dc, scaling, rotation, opacity) of one sample; mesh: (vertices, faces, vertex_attrs)
+    of one sample, e.g. `Mesh.sample(b)`."""
+    if gaussians is None and mesh is None:
+        raise ValueError("turntable: give gaussians and/or a mesh")
+    ext, intr = turntable_cameras(num_frames, radius, fov_deg)
+    bar = lambda what: (lambda views: tqdm(views, desc=f"turntable {what}", unit="frame", file=sys.stderr, mininterval=2))
+    panels = []
+    if gaussians is not None:
+        panels.append(render_gaussian_views(gaussians, ext, intr, resolution, bg, progress=bar("gaussians")))
+    if mesh is not None:
+        colour, normal = render_mesh_views(*mesh, ext, intr, resolution, bg, progress=bar("mesh"))
+        panels += [colour, normal] if colour is not None else [normal]
+    return np.concatenate(panels, axis=2)
+
+
+def write_video(path, frames: np.ndarray, fps: int = 15) -> Path:
+    """Write uint8 frames [N, H, W, 3] as H.264 mp4, atomically (`trellis_jax.atomic`)."""
+    import imageio.v2 as imageio
+
+    def write(tmp):
+        with imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=2, ffmpeg_log_level="error") as w:
+            for f in frames:
+                w.append_data(f)
+
+    return atomic_write(Path(path).with_suffix(Path(path).suffix or ".mp4"), write, keep_suffix=True)
+
+
+def render_turntable(path, gaussians: dict | None = None, mesh: tuple | None = None, num_frames: int = 120,
+                     fps: int = 15, resolution: int = 512, bg=(0.0, 0.0, 0.0)) -> Path:
+    """Render the turntable (`turntable_frames`) and write it to `path` as mp4 (the demo's 120 frames at 15 fps)."""
+    return write_video(path, turntable_frames(gaussians, mesh, num_frames, resolution, bg=bg), fps)
