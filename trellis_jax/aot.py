@@ -213,10 +213,12 @@ class Report:
                 f"est_step_s={self.est_step_s:.4g} est_mfu={self.est_mfu:.3f}")
 
 
-_OOM = re.compile(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm")
+# e.g. "the total memory required for HLO temporaries (312.71G) exceeds available HBM (95.73G)"
+_OOM = re.compile(r"(?:Used |\()([\d.]+)([KMGT])\)? (?:of|exceeds available HBM \()")
 
 
 def _oom_bytes(message: str) -> float | None:
+    """Bytes the compiler said it needed (a lower bound when it names only the temporaries)."""
     m = _OOM.search(message)
     if not m:
         return None
@@ -267,7 +269,7 @@ def format_report(job: Job, r: Report) -> list[str]:
     out.append(f"aot: traced + compiled in {r.compile_s:.1f} s")
     g = lambda b: f"{b / GIB:10.3f}"
     if r.oom:
-        out.append(f"aot: DOES NOT FIT: the TPU compiler needs {r.memory['total'] / GIB:.2f} GiB per chip of "
+        out.append(f"aot: DOES NOT FIT: the TPU compiler needs at least {r.memory['total'] / GIB:.2f} GiB per chip of "
                    f"{r.hbm_bytes / GIB:.1f} GiB ({r.oom})")
     else:
         m = r.memory
