@@ -12,7 +12,7 @@ import pytest
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
-from trellis_jax.checkpoints import CheckpointError, CheckpointMismatchError, load_model, load_pipeline, save_model
+from trellis_jax.checkpoints import CheckpointError, CheckpointMismatchError, load_model, load_pipeline, save_model, save_pipeline
 from trellis_jax.checkpoints.official import param_template
 from trellis_jax.tools import check_fixture, param_count
 from trellis_jax.config_loader import load_config
@@ -216,6 +216,26 @@ def test_load_pipeline_resolves_local_and_cross_repo_models(tmp_path):
     for role, (module, params) in pipe["models"].items():
         assert module.dtype == jnp.bfloat16
         assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params, expected[role]))
+
+
+def test_save_pipeline_round_trips_through_load_pipeline(tmp_path):
+    cfg = load_config("experiments/models/ss_vae.py:tiny_dec")
+    params = random_params(model_from_config(cfg))
+    sampler = {"name": "FlowEulerSampler", "args": {"sigma_min": 1e-5}, "params": {"steps": 3}}
+    norm = {"mean": np.arange(8, dtype=np.float32), "std": np.ones(8)}
+    models = {"sparse_structure_decoder": ("ss_dec", cfg.class_name, cfg.args.to_dict(), params)}
+    with pytest.raises(ValueError, match="unknown pipeline role"):
+        save_pipeline(tmp_path / "bad", "image", {"decoder": models["sparse_structure_decoder"]}, ss_sampler=sampler, slat_sampler=sampler)
+    assert not (tmp_path / "bad").exists()  # nothing written before the arguments are checked
+    path = save_pipeline(tmp_path / "p", "text", models, ss_sampler=sampler, slat_sampler=sampler, slat_normalization=norm,
+                         cond_model="openai/clip-vit-large-patch14", cond_encoder={"kind": "text", "arch": "tiny"})
+    raw = json.loads(path.read_text())
+    assert raw["name"] == "TrellisTextTo3DPipeline" and raw["args"]["cond_encoder"]["kind"] == "text"
+    pipe = load_pipeline(tmp_path / "p")
+    assert pipe["slat_normalization"] == {"mean": list(range(8)), "std": [1.0] * 8}
+    assert pipe["cond_model"] == "openai/clip-vit-large-patch14" and pipe["slat_sampler"] == sampler
+    (_, loaded), = pipe["models"].values()
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), loaded, params))
 
 
 def test_bf16_forward_is_engaged_and_close(capsys):
