@@ -1,4 +1,5 @@
-"""Settings shared by every training config (SPEC §7.2 defaults): optimizer, EMA, logging, checkpoints, mesh.
+"""Settings shared by every training config: optimizer, EMA, logging, checkpoints, mesh
+(optimizer defaults: docs/reference_facts.md#optimizer).
 
 Task configs (ss_flow.py, slat_flow.py, ss_vae.py) start from get_config() here and add `task`,
 `model`, `data` and the task's own keys. Any key can be overridden on the command line:

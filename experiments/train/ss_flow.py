@@ -1,4 +1,4 @@
-"""G_S training: rectified flow on the 16³×8 sparse-structure latents (SPEC §7.1–7.2).
+"""G_S training: rectified flow on the 16³×8 sparse-structure latents (docs/reference_facts.md#training).
 
 Variants: img_L, txt_B, txt_L, txt_XL (released model args; grain latent dataset at --config.data.path,
 frozen DINOv2 / CLIP conditions) and `tiny` (8³ latents, synthetic data and condition tokens; CPU).

@@ -146,7 +146,7 @@ def save_model(path: str | Path, class_name: str, args: dict, params: dict, name
     """Write `PREFIX.json` + `PREFIX.safetensors` in the official layout and dtypes (atomically).
 
     PREFIX is `path` (e.g. 'out/ckpts/NAME'), or `path/NAME` when `name` is given. Tensors are f16 under
-    the fp16 trunk modules when `args['use_fp16']` (§5.9), f32 otherwise.
+    the fp16 trunk modules when `args['use_fp16']` (docs/reference_facts.md#checkpoints), f32 otherwise.
     """
     from safetensors.numpy import save_file
 
