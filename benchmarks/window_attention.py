@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +31,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from trellis_jax.sparse import sparse_self_attention, window_layout
 from trellis_jax.sparse.attention import _take_rows, query_chunked_attention
+from timing import time_calls
 
 HEADS, HEAD_DIM, WINDOW, GRID = 12, 64, 8, 64
 
@@ -58,17 +58,9 @@ def surface_voxels(n: int, grid: int = GRID) -> np.ndarray:
 
 
 def best_time(fn, *args, runs: int) -> tuple[float, float]:
-    """(min wall seconds, min process CPU seconds) over `runs` calls after a warm-up. The minimum is
-    the robust figure on a shared machine (other jobs only ever add time); CPU seconds count this
-    process's work on all cores and barely move under contention."""
-    jax.block_until_ready(fn(*args))  # compile + warm-up
-    wall, cpu = [], []
-    for _ in range(runs):
-        t0, c0 = time.perf_counter(), time.process_time()
-        jax.block_until_ready(fn(*args))
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return min(wall), min(cpu)
+    """(min wall seconds, min process CPU seconds) over `runs` calls after a warm-up (see `Timing`)."""
+    timing = time_calls(lambda _: fn(*args), runs)
+    return timing.min_s, timing.min_cpu_s
 
 
 @jax.jit

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from trellis_jax.models.posterior import gaussian_posterior
 from trellis_jax.models.slat_vae_trunk import SLatVAEBase
 from trellis_jax.modules.layers import linear
 from trellis_jax.sparse.norm import layer_norm
@@ -24,12 +25,6 @@ class SLatEncoder(SLatVAEBase):
         h = self.trunk(x)
         h = layer_norm(h.astype(jnp.float32), 1e-5)
         h = linear(2 * self.latent_channels, ("embed", "io"), "out_layer")(h)
-        mean, logvar = jnp.split(h, 2, axis=-1)
-        if sample_posterior:
-            if rng is None:
-                raise ValueError("sample_posterior=True needs an explicit rng key")
-            z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
-        else:
-            z = mean
+        z, mean, logvar = gaussian_posterior(h, sample_posterior, rng)
         wrap = lambda f: x.replace(feats=masked(f, x.mask))
         return wrap(z), wrap(mean), wrap(logvar)
