@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from trellis_jax.sparse import sparse_self_attention, window_layout
-from trellis_jax.sparse.attention import _take_rows, query_chunked_attention
+from trellis_jax.sparse.attention import query_chunked_attention, take_rows
 from timing import time_calls
 
 HEADS, HEAD_DIM, WINDOW, GRID = 12, 64, 8, 64
@@ -100,7 +100,7 @@ def main():
         inputs[L] = (q, k, v, layout)
         window_t[L], window_cpu = best_time(window_attention, q, k, v, layout, runs=args.runs)
         if L <= args.dense_max:
-            segments = _take_rows(layout.segment_ids, layout.inv_perm)  # window ids in the original row order
+            segments = take_rows(layout.segment_ids, layout.inv_perm)  # window ids in the original row order
             runs = max(1, args.runs * 4096 // (2 * L))  # O(L²): fewer calls as L grows
             dense_t[L], dense_cpu = best_time(dense_masked_attention, q, k, v, segments, runs=runs)
             dense = f"{dense_t[L] * 1e3:>9.1f} ({dense_cpu * 1e3:>8.1f})"
