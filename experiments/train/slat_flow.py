@@ -1,4 +1,5 @@
-"""G_L training: rectified flow on sparse structured latents (SPEC §7.1–7.2, §8.6 normalisation).
+"""G_L training: rectified flow on sparse structured latents (docs/reference_facts.md#training, normalised as in
+docs/reference_facts.md#slat-normalisation).
 
 Variants: img_L, txt_B, txt_L, txt_XL (released model args; grain latent dataset at --config.data.path
 padded to `data.capacity` voxels, frozen DINOv2 / CLIP conditions) and `tiny` (synthetic voxel sets of
