@@ -35,7 +35,8 @@ class CheckpointMismatchError(CheckpointError):
     """A checkpoint's tensors do not match the network built from its json."""
 
 
-def _paths(prefix: str | Path) -> tuple[Path, Path]:
+def checkpoint_paths(prefix: str | Path) -> tuple[Path, Path]:
+    """(NAME.json, NAME.safetensors) of a checkpoint given as NAME, NAME.json or NAME.safetensors."""
     p = Path(prefix)
     if p.suffix in (".json", ".safetensors"):
         p = p.with_suffix("")
@@ -105,7 +106,7 @@ def _checkpoint_prefix(path: str | Path, name: str | None) -> Path:
         return Path(path)
     d = Path(path)
     for cand in (d / name, d / "ckpts" / name):
-        if _paths(cand)[0].exists():
+        if checkpoint_paths(cand)[0].exists():
             return cand
     raise CheckpointError(f"{d}: no checkpoint {name!r} (looked for {d / name}.json and {d / 'ckpts' / name}.json)")
 
@@ -117,7 +118,7 @@ def load_model(path: str | Path, name: str | None = None, *, param_dtype=jnp.flo
     a repository (holding `ckpts/`) or a ckpts directory. `module_overrides` (e.g.
     `dtype=jnp.bfloat16`, `attn_impl='pallas'`) set the module's compute fields.
     """
-    json_path, st_path = _paths(_checkpoint_prefix(path, name))
+    json_path, st_path = checkpoint_paths(_checkpoint_prefix(path, name))
     cfg = read_json(json_path)
     if not isinstance(cfg["args"], dict):
         raise CheckpointError(f'{json_path}: "args" must be an object of model arguments, got {cfg["args"]!r}')
@@ -151,7 +152,7 @@ def save_model(path: str | Path, class_name: str, args: dict, params: dict, name
     """
     from safetensors.numpy import save_file
 
-    json_path, st_path = _paths(Path(path) / name if name is not None else path)
+    json_path, st_path = checkpoint_paths(Path(path) / name if name is not None else path)
     tensors = export_state_dict(params, bool(args.get("use_fp16", False)))
     config = json.dumps({"name": class_name, "args": args}, indent=4)
     atomic_write_many({st_path: lambda p: save_file(tensors, str(p)), json_path: lambda p: p.write_text(config)})
@@ -165,7 +166,7 @@ def _resolve_model_path(root: Path, ref: str, search_roots: Sequence[Path]) -> P
         candidates += [Path(s) / "/".join(parts[2:]) for s in [*search_roots, root.parent / parts[1]]]
         candidates += [Path(s) / parts[1] / "/".join(parts[2:]) for s in search_roots]
     for c in candidates:
-        if _paths(c)[0].exists():
+        if checkpoint_paths(c)[0].exists():
             return c
     raise CheckpointError(f"{root / 'pipeline.json'}: model '{ref}' not found (looked in {[str(c) for c in candidates]})")
 

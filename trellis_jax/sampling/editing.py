@@ -120,9 +120,9 @@ class Editor:
         existed before keep their (de-normalised) latents; the rest are generated.
         """
         p = self.pipe
-        flow_s = p._module("sparse_structure_flow_model")
-        dec = p._module("sparse_structure_decoder")
-        flow_l = p._module("slat_flow_model")
+        flow_s = p.module("sparse_structure_flow_model")
+        dec = p.module("sparse_structure_decoder")
+        flow_l = p.module("slat_flow_model")
         r = flow_s.resolution
         scale = resolution // r
 
