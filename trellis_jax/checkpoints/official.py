@@ -43,13 +43,19 @@ def checkpoint_paths(prefix: str | Path) -> tuple[Path, Path]:
     return p.with_name(p.name + ".json"), p.with_name(p.name + ".safetensors")
 
 
-def read_json(path: Path) -> dict:
+def _parse_json(path: Path):
+    """The parsed JSON of `path`; a CheckpointError naming it when it is missing or not JSON."""
     if not path.exists():
         raise CheckpointError(f"{path}: file not found")
     try:
-        cfg = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+
+
+def read_json(path: Path) -> dict:
+    """A checkpoint's NAME.json: {"name": <ModelClass>, "args": {...}}."""
+    cfg = _parse_json(path)
     if not isinstance(cfg, dict) or "name" not in cfg or "args" not in cfg:
         raise CheckpointError(f'{path}: expected {{"name": <ModelClass>, "args": {{...}}}}')
     return cfg
@@ -221,12 +227,7 @@ def load_pipeline(directory: str | Path, search_roots: Sequence[str | Path] = ()
     """
     directory = Path(directory)
     pj = directory / "pipeline.json"
-    if not pj.exists():
-        raise CheckpointError(f"{pj}: file not found")
-    try:
-        raw = json.loads(pj.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{pj}: invalid JSON ({e})") from e
+    raw = _parse_json(pj)
     args = raw.get("args", raw) if isinstance(raw, dict) else None
     if not isinstance(args, dict) or not isinstance(args.get("models"), dict):
         raise CheckpointError(f"{pj}: no 'models' section ({{role: 'ckpts/NAME'}})")
