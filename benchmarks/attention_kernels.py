@@ -11,23 +11,12 @@ warm-up. `--tiny` (CPU check): L = 512, G = 128, the kernel in interpret mode an
 One line per measurement: `device_suite: attention impl=<i> ... fwd_tflops=<x> fwdbwd_tflops=<y>`.
 """
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from kernels.block_sparse_attention import block_sparse_attention
-
-
-def median_seconds(fn, *args, repeats):
-    jax.block_until_ready(fn(*args))  # compile + warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+from timing import time_calls
 
 
 def main(argv=None):
@@ -57,8 +46,8 @@ def main(argv=None):
         fwd = jax.jit(fn)
         loss = lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32) ** 2)
         fwdbwd = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
-        t_f = median_seconds(fwd, q, k, v, repeats=repeats)
-        t_fb = median_seconds(fwdbwd, q, k, v, repeats=repeats)
+        t_f = time_calls(lambda _: fwd(q, k, v), repeats).median_s
+        t_fb = time_calls(lambda _: fwdbwd(q, k, v), repeats).median_s
         print(f"device_suite: attention impl={name} B={B} L={L} group={G} heads={H} head_dim={D} dtype={jnp.dtype(dtype).name} "
               f"fwd_s={t_f:.4g} fwdbwd_s={t_fb:.4g} fwd_tflops={fwd_flops / t_f / 1e12:.4g} "
               f"fwdbwd_tflops={3.5 * fwd_flops / t_fb / 1e12:.4g} max_abs_diff_vs_reference={err:.3g}", flush=True)

@@ -70,20 +70,15 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     import jax
     import jax.numpy as jnp
 
+    from timing import time_calls
+
     a = jnp.ones((n, n), jnp.float32)
     f = jax.jit(lambda a: a @ a)
-    f(a).block_until_ready()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f(a).block_until_ready()
-        ts.append(time.perf_counter() - t0)
-    return 2 * n**3 / min(ts) / 1e9
+    return 2 * n**3 / time_calls(lambda _: f(a), repeats).min_s / 1e9
 
 
 def run_one(case: str, dtype_name: str, repeats: int) -> dict:
-    import jax
-    import numpy as np
+    from timing import time_calls
 
     fn, args = build(case, dtype_name)
     t0 = time.perf_counter()
@@ -92,16 +87,11 @@ def run_one(case: str, dtype_name: str, repeats: int) -> dict:
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    jax.block_until_ready(compiled(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t0)
-    med = float(np.median(times))
+    timing = time_calls(lambda _: compiled(*args), repeats)
+    med = timing.median_s
     gflops = float(cost.get("flops", 0.0)) / med / 1e9
     roof = matmul_gflops()
-    return {"case": case, "dtype": dtype_name, "min_s": min(times), "median_s": med, "compile_s": compile_s,
+    return {"case": case, "dtype": dtype_name, "min_s": timing.min_s, "median_s": med, "compile_s": compile_s,
             "xla_args_gib": mem.argument_size_in_bytes / 2**30, "xla_temp_gib": mem.temp_size_in_bytes / 2**30,
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "gflops": gflops, "roofline_gflops": roof, "roofline_frac": gflops / roof}

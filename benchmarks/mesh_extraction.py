@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from trellis_jax.representations.mesh import extract_mesh
 from trellis_jax.representations.mesh.cube_tables import CORNERS
 from trellis_jax.sparse.tensor import SparseTensor
+from timing import time_calls
 
 RES = 256
 
@@ -48,17 +49,11 @@ def main():
     p.add_argument("--grad", action="store_true")
     args = p.parse_args()
     st = shell(args.cubes)
-    t0 = time.perf_counter()
-    mesh = jax.block_until_ready(extract_mesh(st))
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(args.runs):
-        t0 = time.perf_counter()
-        jax.block_until_ready(extract_mesh(st))
-        times.append(time.perf_counter() - t0)
+    timing = time_calls(lambda _: extract_mesh(st), args.runs)
+    mesh = timing.result
     print(f"mesh_extraction: backend={jax.default_backend()} active_cubes={st.capacity} "
           f"candidate_cubes={int(mesh.required[0, 0])} vertices={int(mesh.num_vertices[0])} faces={int(mesh.num_faces[0])} "
-          f"overflow={bool(mesh.overflow[0])} first_call_s={compile_s:.2f} extract_s={np.median(times):.3f}")
+          f"overflow={bool(mesh.overflow[0])} first_call_s={timing.first_s:.2f} extract_s={timing.median_s:.3f}")
     if args.grad:
         loss = jax.jit(jax.grad(lambda f, s: jnp.sum(extract_mesh(s.replace(feats=f)).vertices)))
         jax.block_until_ready(loss(st.feats, st))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -25,18 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from trellis_jax.render import mesh_raster
 from trellis_jax.render.gaussian_splatting import render_gaussians
 from trellis_jax.render.turntable import turntable_cameras
-
-
-def timed(fn, args, runs):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return compile_s, float(np.median(times))
+from timing import time_calls
 
 
 def bench_gaussians(n, res, runs, E, K):
@@ -56,7 +44,8 @@ def bench_gaussians(n, res, runs, E, K):
 
     grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
     for name, fn in (("forward", jax.jit(fwd)), ("forward+backward", grad)):
-        c, t = timed(fn, args, runs)
+        timing = time_calls(lambda _: fn(*args), runs)
+        c, t = timing.first_s, timing.median_s
         print(f"gaussians {name}: n={n} res={res}² compile={c:.1f}s median={t * 1000:.0f}ms", flush=True)
 
 
@@ -84,7 +73,8 @@ def bench_mesh(faces_target, res, runs, E, K, tile_size, tile_capacity):
     _, _, overflow, load = jax.jit(fwd)(v, col)
     overflow, load = bool(overflow[0]), np.asarray(load[0]).tolist()
     for name, fn in (("forward", jax.jit(fwd)), ("forward+backward", jax.jit(jax.grad(loss, argnums=(0, 1))))):
-        c, t = timed(fn, (v, col), runs)
+        timing = time_calls(lambda _: fn(v, col), runs)
+        c, t = timing.first_s, timing.median_s
         print(f"mesh {name}: faces={len(m.faces)} res={res}² tile={tile_size}² tile_capacity={tile_capacity} overflow={overflow} needed(tile, bins)={load} "
               f"compile={c:.1f}s median={t * 1000:.0f}ms", flush=True)
 

@@ -11,11 +11,10 @@ Last line: `sampler: per_asset_b8_over_b1=<r>` (target r <= 0.5).
 """
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
-import jax
 import numpy as np
+from timing import time_calls
 
 
 def main():
@@ -36,17 +35,8 @@ def main():
         images = rng.uniform(size=(batch, cond_model.image_size, cond_model.image_size, 3)).astype(np.float32)
         cond = cond_model.encode_arrays(images)
         neg = cond_model.negative(batch)
-        t0 = time.perf_counter()
-        out = pipe.sample(cond, neg, np.arange(batch), on_error="flag")
-        jax.block_until_ready(out["latents"])
-        first = time.perf_counter() - t0
-        times = []
-        for r in range(args.repeats):
-            t0 = time.perf_counter()
-            out = pipe.sample(cond, neg, np.arange(batch) + 1000 * (r + 1), on_error="flag")
-            jax.block_until_ready(out["latents"])
-            times.append(time.perf_counter() - t0)
-        call = float(np.median(times))
+        timing = time_calls(lambda i: pipe.sample(cond, neg, np.arange(batch) + 1000 * i, on_error="flag"), args.repeats)
+        first, call, out = timing.first_s, timing.median_s, timing.result
         per_asset[batch] = call / batch
         print(f"{batch:>5} {max(first - call, 0):>10.1f} {call:>8.2f} {call / batch:>12.3f} {int(out['stage2_rows']):>13}  {np.asarray(out['num_voxels']).tolist()}")
     print(f"sampler: per_asset_b8_over_b1={per_asset[8] / per_asset[1]:.3f}")

@@ -10,12 +10,12 @@ compile, then the median of `--repeats` calls. `--tiny`: the tiny config on CPU,
 One line per batch: `device_suite: sampler ... s_per_asset=<x> peak_gib=<y>`.
 """
 import argparse
-import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from timing import time_calls
 
 from trellis_jax.models.registry import dummy_inputs
 from trellis_jax.sampling.random_pipeline import calibrate_occupancy, pipeline_from_config
@@ -55,17 +55,8 @@ def main(argv=None):
     for batch in batches:
         cond = jax.random.normal(jax.random.PRNGKey(batch), (batch, int(cfg.cond.tokens), flow.cond_channels))
         neg = jnp.zeros_like(cond)
-        t0 = time.perf_counter()
-        out = pipe.sample(cond, neg, np.arange(batch), on_error="flag")
-        jax.block_until_ready(out["latents"])
-        first = time.perf_counter() - t0
-        times = []
-        for r in range(args.repeats):
-            t0 = time.perf_counter()
-            out = pipe.sample(cond, neg, np.arange(batch) + 100 * (r + 1), on_error="flag")
-            jax.block_until_ready(out["latents"])
-            times.append(time.perf_counter() - t0)
-        call = float(np.median(times))
+        timing = time_calls(lambda i: pipe.sample(cond, neg, np.arange(batch) + 100 * i, on_error="flag"), args.repeats)
+        first, call, out = timing.first_s, timing.median_s, timing.result
         print(f"device_suite: sampler config={'tiny' if args.tiny else 'img_L'} batch={batch} capacity={pipe.capacity} "
               f"formats={','.join(pipe.formats)} weights={cfg.weights_dtype} first_call_s={first:.1f} call_s={call:.3f} "
               f"s_per_asset={call / batch:.3f} stage2_rows={int(out['stage2_rows'])} "

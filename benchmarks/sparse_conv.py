@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -23,16 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from trellis_jax.sparse import neighbor_map, submanifold_conv3d
-
-
-def median_time(fn, *args, runs: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile + warm-up
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+from timing import time_calls
 
 
 def main():
@@ -70,18 +60,19 @@ def main():
     sparse_fn = jax.jit(lambda f, nb, w, b, m: submanifold_conv3d(f, nb, w, b, m))
 
     nbr = nbr_fn(coords_j, mask_j, 3)
+    kernel_j, bias_j = jnp.asarray(kernel), jnp.asarray(bias)
     # Correctness: sparse output equals the dense conv read at the active sites.
-    ref = dense_conv(dense_in, dense_kernel, jnp.asarray(bias))[0, coords[:, 0], coords[:, 1], coords[:, 2]]
-    got = sparse_fn(feats_j, nbr, jnp.asarray(kernel), jnp.asarray(bias), mask_j)[0]
+    ref = dense_conv(dense_in, dense_kernel, bias_j)[0, coords[:, 0], coords[:, 1], coords[:, 2]]
+    got = sparse_fn(feats_j, nbr, kernel_j, bias_j, mask_j)[0]
     err = float(jnp.max(jnp.abs(ref - got)))
     assert err < 1e-3, f"sparse and dense convolutions disagree (max abs err {err})"
 
-    t_dense = median_time(dense_conv, dense_in, dense_kernel, jnp.asarray(bias), runs=args.runs)
-    t_nbr = median_time(nbr_fn, coords_j, mask_j, 3, runs=args.runs)
-    t_sparse = median_time(sparse_fn, feats_j, nbr, jnp.asarray(kernel), jnp.asarray(bias), mask_j, runs=args.runs)
+    t_dense = time_calls(lambda _: dense_conv(dense_in, dense_kernel, bias_j), args.runs).median_s
+    t_nbr = time_calls(lambda _: nbr_fn(coords_j, mask_j, 3), args.runs).median_s
+    t_sparse = time_calls(lambda _: sparse_fn(feats_j, nbr, kernel_j, bias_j, mask_j), args.runs).median_s
     sparse_loss = lambda f, nb, w, b, m: jnp.sum(submanifold_conv3d(f, nb, w, b, m) ** 2)  # noqa: E731
     grad_fn = jax.jit(jax.grad(sparse_loss, argnums=(0, 2, 3)))
-    t_grad = median_time(grad_fn, feats_j, nbr, jnp.asarray(kernel), jnp.asarray(bias), mask_j, runs=args.runs)
+    t_grad = time_calls(lambda _: grad_fn(feats_j, nbr, kernel_j, bias_j, mask_j), args.runs).median_s
     t_one = t_sparse + t_nbr
     t_amortised = t_sparse + t_nbr / args.layers
 

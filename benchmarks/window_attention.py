@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +30,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from trellis_jax.sparse import sparse_self_attention, window_layout
-from trellis_jax.sparse.attention import _take_rows, query_chunked_attention
+from trellis_jax.sparse.attention import query_chunked_attention, take_rows
+from timing import time_calls
 
 HEADS, HEAD_DIM, WINDOW, GRID = 12, 64, 8, 64
 
@@ -58,17 +58,9 @@ def surface_voxels(n: int, grid: int = GRID) -> np.ndarray:
 
 
 def best_time(fn, *args, runs: int) -> tuple[float, float]:
-    """(min wall seconds, min process CPU seconds) over `runs` calls after a warm-up. The minimum is
-    the robust figure on a shared machine (other jobs only ever add time); CPU seconds count this
-    process's work on all cores and barely move under contention."""
-    jax.block_until_ready(fn(*args))  # compile + warm-up
-    wall, cpu = [], []
-    for _ in range(runs):
-        t0, c0 = time.perf_counter(), time.process_time()
-        jax.block_until_ready(fn(*args))
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return min(wall), min(cpu)
+    """(min wall seconds, min process CPU seconds) over `runs` calls after a warm-up (see `Timing`)."""
+    timing = time_calls(lambda _: fn(*args), runs)
+    return timing.min_s, timing.min_cpu_s
 
 
 @jax.jit
@@ -108,7 +100,7 @@ def main():
         inputs[L] = (q, k, v, layout)
         window_t[L], window_cpu = best_time(window_attention, q, k, v, layout, runs=args.runs)
         if L <= args.dense_max:
-            segments = _take_rows(layout.segment_ids, layout.inv_perm)  # window ids in the original row order
+            segments = take_rows(layout.segment_ids, layout.inv_perm)  # window ids in the original row order
             runs = max(1, args.runs * 4096 // (2 * L))  # O(L²): fewer calls as L grows
             dense_t[L], dense_cpu = best_time(dense_masked_attention, q, k, v, segments, runs=runs)
             dense = f"{dense_t[L] * 1e3:>9.1f} ({dense_cpu * 1e3:>8.1f})"

@@ -1,8 +1,9 @@
 """Camera distributions of the TRELLIS dataset toolkit and OpenCV camera matrices.
 
-World frame: z-up, assets inside [-0.5, 0.5]^3 (TRELLIS_SPEC §0). A view is (yaw, pitch, radius, fov):
-the camera sits at `radius * (cos yaw cos pitch, sin yaw cos pitch, sin pitch)` (the Blender dataset
-renderer's placement), looks at the origin with world +z as "up", and has a square image whose
+World frame: z-up, assets inside [-0.5, 0.5]^3 (docs/reference_facts.md#conventions).
+A view is (yaw, pitch, radius, fov): the camera sits at
+`radius * (cos yaw cos pitch, sin yaw cos pitch, sin pitch)` (the Blender dataset renderer's
+placement), looks at the origin with world +z as "up", and has a square image whose
 horizontal = vertical field of view is `fov` (radians).
 
 Matrices returned here follow the model-side convention:
@@ -33,7 +34,8 @@ def radical_inverse(base: int, n: int) -> float:
 
 
 def sphere_hammersley(i: int, n: int, offset: tuple[float, float]) -> tuple[float, float]:
-    """(yaw, pitch) of point i of n on the sphere, Hammersley with a random offset (SPEC §10.2).
+    """(yaw, pitch) of point i of n on the sphere, Hammersley with a random offset
+    (docs/reference_facts.md#asset-normalisation-and-rendering).
 
     u = i/n + o1/n, remapped u <- 2u if u < 1/4 else 2u/3 + 1/3 (more views near the equator and
     above it); v = RI_2(i) + o2; pitch = arccos(1 - 2u) - pi/2; yaw = 2 pi v.

@@ -4,7 +4,7 @@ Reads the committed shards of IN, writes new shards to OUT (never touching IN) w
 input records plus
     ss_latent float32 [16, 16, 16, 8]  SparseStructureEncoder(occupancy [1,64,64,64,1]) mean, channels-last
     slat      float32 [L, 8]           SLatEncoder(SparseTensor(coords, features)) mean, rows = coords rows
-(SPEC §10.5). Restartable: ids already committed in OUT are skipped.
+(docs/reference_facts.md#latents). Restartable: ids already committed in OUT are skipped.
 
 Encoders are two callables:
     ss_encode(occupancy [B, 64, 64, 64, 1] float32) -> [B, 16, 16, 16, 8]

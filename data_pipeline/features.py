@@ -1,6 +1,7 @@
 """Features: DINOv2 patch tokens of every view, sampled at the voxel centres, averaged over views.
 
-Reference (SPEC §10.4): each 512^2 render is resized to 518 (LANCZOS), alpha-premultiplied, encoded by
+Reference (docs/reference_facts.md#voxel-features):
+each 512^2 render is resized to 518 (LANCZOS), alpha-premultiplied, encoded by
 DINOv2 ViT-L/14-reg; the patch part of x_prenorm (CLS and registers dropped, no norm) is a [37, 37, C]
 map; every voxel centre is projected into the view (uv in [0,1], origin top-left) and the map is
 sampled bilinearly at 2uv - 1 like `grid_sample(align_corners=False, padding_mode='zeros')`; the mean

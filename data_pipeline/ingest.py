@@ -1,7 +1,8 @@
 """Ingest: load a mesh file, flatten its scene, bring it into the TRELLIS frame.
 
 The reference imports every asset into Blender, then scales the whole scene by 1/(largest bbox
-extent) and centres the bbox at the origin, so the asset fits [-0.5, 0.5]^3 (SPEC §10.2), z-up.
+extent) and centres the bbox at the origin, so the asset fits [-0.5, 0.5]^3, z-up
+(docs/reference_facts.md#asset-normalisation-and-rendering).
 Blender's glTF and OBJ importers turn y-up files into z-up, `(x, y, z) -> (x, -z, y)`; PLY and STL
 are imported as they are. We do the same with trimesh, keeping each sub-mesh (and its texture or
 vertex colours) separate so the renderer sees the original materials.

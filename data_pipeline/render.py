@@ -1,6 +1,7 @@
 """Render: offscreen RGBA views of a normalised asset with pyrender (EGL, else OSMesa).
 
-The reference renders with Blender Cycles (SPEC §10.2). We rasterise with pyrender instead, with the
+The reference renders with Blender Cycles (docs/reference_facts.md#asset-normalisation-and-rendering).
+We rasterise with pyrender instead, with the
 same cameras (positions, FoV, OpenCV matrices stored next to each image) and a light rig placed like
 the reference's (a key point light at (4, 1, 6), a strong light from above, a weak one from below).
 Shading therefore differs from Cycles (no global illumination); geometry, framing and alpha agree.

@@ -1,6 +1,6 @@
 """Voxelise: surface voxels of a normalised mesh on the 64^3 grid over [-0.5, 0.5]^3.
 
-Reference rule (SPEC §10.3): clip vertices to +-(0.5 - 1e-6), then Open3D's
+Reference rule (docs/reference_facts.md#voxelisation): clip vertices to +-(0.5 - 1e-6), then Open3D's
 `VoxelGrid.create_from_triangle_mesh_within_bounds(voxel_size=1/64, bounds=[-0.5, 0.5]^3)`, which marks
 voxel i (the closed cube [i/64 - 0.5, (i+1)/64 - 0.5]^3, centre (i + 0.5)/64 - 0.5) iff some triangle
 overlaps it by the Akenine-Moller triangle/box separating-axis test (touching counts).
@@ -8,7 +8,8 @@ overlaps it by the Akenine-Moller triangle/box separating-axis test (touching co
 We run exactly that test, vectorised: each triangle is paired only with the voxels its bounding box
 touches (the other voxels fail the box-axis tests anyway), so the result equals Open3D's (up to
 floating-point ties), without its 64^3 x triangles loop. Sampling-based voxelisers (trimesh `subdivide`
-or `ray`, which need the half-voxel shift of ENV_NOTES) give a subset of this set; the SAT test is the
+or `ray`, which need a half-voxel shift, docs/reference_facts.md#environment) give a subset of this set;
+the SAT test is the
 reference rule itself. Output rows are sorted by (x, y, z).
 
 CLI: python -m data_pipeline.voxelize MESH [--resolution 64] [--out voxels.npy]

@@ -66,7 +66,7 @@ def downsample(coords, feats, factor=2, include_zero=True):
 
 
 def window_keys(coords, window, shift):
-    """Spec §3.3 verbatim on packed coords [N, 4]: the window key of every row."""
+    """The window key of every row of packed coords [N, 4], by the rule of docs/reference_facts.md#swin-windows verbatim."""
     q = coords[:, 1:].astype(np.int64) + shift
     nw = [math.ceil((int(q[:, a].max()) + 1) / window) for a in range(3)]
     w = q // window

@@ -1,5 +1,6 @@
-"""Official state-dict {key: shape} tables rebuilt from TRELLIS_SPEC §5 / Appendix A, independently of
-the Flax models: the tests compare the models' templates against these (keys, shapes and counts)."""
+"""Official state-dict {key: shape} tables rebuilt from the reference's released key tables
+(docs/reference_facts.md#checkpoints), independently of the Flax models: the tests compare the models' templates
+against these (keys, shapes and counts)."""
 from __future__ import annotations
 
 import numpy as np

@@ -15,7 +15,7 @@ import pytest
 from kernels.block_sparse_attention import block_sparse_attention, group_block_table, table_width
 from kernels.block_sparse_attention_ref import block_sparse_attention_ref
 from trellis_jax.sparse import full_layout, sparse_self_attention, window_layout
-from trellis_jax.sparse.attention import _take_rows, blocked_segment_attention, dense_attention
+from trellis_jax.sparse.attention import blocked_segment_attention, dense_attention, take_rows
 
 H = 2
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -76,7 +76,7 @@ def test_window_layout_matches_xla(case):
     rng = np.random.default_rng(len(name))
     coords, mask = _voxels(rng, counts, L, cube)
     layout = window_layout(coords, mask, window, shift)
-    q, k, v = (_take_rows(t, layout.perm) for t in _qkv(rng, len(counts), L, D, mask, nan_padding=shift > 0))
+    q, k, v = (take_rows(t, layout.perm) for t in _qkv(rng, len(counts), L, D, mask, nan_padding=shift > 0))
     seg = layout.segment_ids
     ct = jnp.asarray(rng.standard_normal(q.shape).astype(np.float32))
     want = xla_vjp(q, k, v, seg, ct, max_group=window**3, kind="window")
@@ -125,7 +125,7 @@ def test_reference_matches_xla():
     rng = np.random.default_rng(3)
     coords, mask = _voxels(rng, [250, 97], 256, 9)
     layout = window_layout(coords, mask, 4, 2)
-    q, k, v = (_take_rows(t, layout.perm) for t in _qkv(rng, 2, 256, 16, mask))
+    q, k, v = (take_rows(t, layout.perm) for t in _qkv(rng, 2, 256, 16, mask))
     got = block_sparse_attention_ref(q, k, v, layout.segment_ids, max_group=64, block_q=32, block_k=64)
     want = blocked_segment_attention(q, k, v, layout.segment_ids, 64, block_size=64)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), **TOL)

@@ -85,13 +85,14 @@ def test_spec_tables_reproduce_the_published_counts():
                  "ss_flow_img_dit_L_16l8_fp16": 559_737_864, "slat_flow_img_dit_L_64l8p2_fp16": 600_432_520,
                  "slat_flow_txt_dit_XL_64l8p2_fp16": 1_073_414_408}
     assert {k: count(SPEC_TABLES[k]()) for k in published} == published
+    # the rounded counts of docs/reference_facts.md#checkpoints
     millions = {"ss_enc_conv3d_16l8_fp16": 59.30, "ss_dec_conv3d_16l8_fp16": 73.67, "ss_flow_txt_dit_B_16l8_fp16": 159.87,
                 "ss_flow_txt_dit_L_16l8_fp16": 547.15, "ss_flow_txt_dit_XL_16l8_fp16": 980.68,
-                "slat_flow_txt_dit_B_64l8p2_fp16": 185.36, "slat_flow_txt_dit_L_64l8p2_fp16": 587.85}  # §1.1
+                "slat_flow_txt_dit_B_64l8p2_fp16": 185.36, "slat_flow_txt_dit_L_64l8p2_fp16": 587.85}
     assert {k: round(count(SPEC_TABLES[k]()) / 1e6, 2) for k in millions} == millions
 
 
-@pytest.mark.parametrize("spec, data_bytes", [  # §5.9: tensor bytes of the released files (header excluded)
+@pytest.mark.parametrize("spec, data_bytes", [  # released tensor bytes, header excluded (docs/reference_facts.md#checkpoints)
     ("experiments/models/ss_vae.py:dec", 147_585_412),
     ("experiments/models/ss_flow.py:img_L", 1_130_721_312),
     ("experiments/models/slat_flow.py:img_L", 1_203_701_792),

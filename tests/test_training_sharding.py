@@ -351,7 +351,8 @@ def test_sharded_steps_equal_single_device(spec):
 
 
 def test_released_adam_eps_differs_only_on_noise_floor_gradients():
-    """eps = 1e-8 (SPEC §7.2): one step agrees to 1e-5 wherever |g| >= 1e-6 (see the comment above)."""
+    """eps = 1e-8 (docs/reference_facts.md#optimizer):
+    one step agrees to 1e-5 wherever |g| >= 1e-6 (see the comment above)."""
     ref = _setup(GS, (1, 1, 1), eps=None)
     cfg, task = ref[:2]
     assert cfg.optimizer.eps == 1e-8

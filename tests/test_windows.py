@@ -1,5 +1,5 @@
 """3D (shifted) window formation: `window_layout` groups tokens exactly as the reference's
-partition (spec §3.3, computed on the packed batch including the batch term)."""
+partition (docs/reference_facts.md#swin-windows, computed on the packed batch including the batch term)."""
 import jax
 import numpy as np
 import pytest

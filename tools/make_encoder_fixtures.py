@@ -1,6 +1,6 @@
 """Generate the committed DINOv2/CLIP parity fixtures with transformers' PyTorch models.
 
-Run once, in a Python 3.11 venv with the CPU build of torch (see ENV_NOTES):
+Run once, in a Python 3.11 venv with the CPU build of torch (see docs/reference_facts.md#environment):
     python tools/make_encoder_fixtures.py tests/fixtures/encoders
 Random weights from small configs (no download). Each case directory holds an HF-format
 `config.json` + `model.safetensors` and `io.npz` (inputs and PyTorch outputs).

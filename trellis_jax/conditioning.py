@@ -1,7 +1,7 @@
 """Condition encoders as used by the pipelines: image -> DINOv2 tokens, text -> CLIP tokens.
 
 `ImageConditioner` preprocesses images as the reference's `preprocess_image` (alpha bbox crop ×1.2,
-resize, alpha-premultiply; §6.1) and returns LayerNorm(x_prenorm) tokens; the negative condition is
+resize, alpha-premultiply; docs/reference_facts.md#conditions) and returns LayerNorm(x_prenorm) tokens; the negative condition is
 zeros. `TextConditioner` tokenizes (77 tokens) and returns CLIP's last hidden state; the negative
 condition is the encoding of "". Pretrained weights are read from local HF-format directories;
 without them a randomly initialised, frozen encoder of the requested architecture is used and

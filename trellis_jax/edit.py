@@ -69,7 +69,7 @@ def main(argv=None) -> int:
             check_texts([args.text], None)
         check_output_dir(args.out)
         pipe, cond_model, kind = load_generator(args.weights, capacity=args.capacity)
-        flow = pipe._module("slat_flow_model")
+        flow = pipe.module("slat_flow_model")
         res = flow.resolution
         check_latents_fit(args.asset, coords, feats, res, flow.out_channels)
         if args.mode == "region":

@@ -2,7 +2,7 @@
 
 The SLat flow is trained on standardised latents (z - mean) / std and its samples are mapped back
 with z * std + mean before decoding; every released SLat-flow config and pipeline.json carries these
-same values (docs/reference_facts.md, "SLat normalisation"). A pipeline.json or training config may
+same values (docs/reference_facts.md#slat-normalisation). A pipeline.json or training config may
 override them (the demo measures its own from the latents it encoded).
 """
 SLAT_MEAN = (-2.1687545776367188, -0.004347046371549368, -0.13352349400520325, -0.08418072760105133,

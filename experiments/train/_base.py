@@ -1,10 +1,20 @@
-"""Settings shared by every training config (SPEC §7.2 defaults): optimizer, EMA, logging, checkpoints, mesh.
+"""Settings shared by every training config: optimizer, EMA, logging, checkpoints, mesh
+(optimizer defaults: docs/reference_facts.md#optimizer).
 
 Task configs (ss_flow.py, slat_flow.py, ss_vae.py) start from get_config() here and add `task`,
 `model`, `data` and the task's own keys. Any key can be overridden on the command line:
 `--config.optimizer.lr=3e-4`; an unknown key is an error naming it.
 """
+from pathlib import Path
+
 import ml_collections
+
+from trellis_jax.config_loader import load_config
+
+# Released flow variants -> (condition kind, global batch). The paper states 256 for the XL model
+# (64 GPUs x 4); the others' GPU counts are not published, so the per-GPU batch of the reference
+# configs x 32 GPUs is used as a starting point.
+FLOW_VARIANTS = {"img_L": ("image", 256), "txt_B": ("text", 512), "txt_L": ("text", 256), "txt_XL": ("text", 256)}
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -41,6 +51,29 @@ def condition(kind: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(dict(kind="random", arch="", weights="", tokens=8))
     arch = {"image": "vitl14_reg", "text": "vitl14"}[kind]
     return ml_collections.ConfigDict(dict(kind=kind, arch=arch, weights="", tokens=1374 if kind == "image" else 77))
+
+
+def flow_run(task: str, variant: str, data: dict) -> ml_collections.ConfigDict:
+    """What the G_S and G_L training configs share: these settings, `task`, the model's args from
+    experiments/models/<task>.py:<variant>, CFG condition dropout 0.1, t = sigmoid(N(1, 1)), `data`;
+    then the `tiny` run settings with synthetic conditions, or a released variant's condition encoder,
+    global batch and bfloat16 compute."""
+    if variant not in list(FLOW_VARIANTS) + ["tiny"]:
+        raise KeyError(f"unknown {task} training variant {variant!r}; choose from {sorted(list(FLOW_VARIANTS) + ['tiny'])}")
+    c = get_config()
+    c.task = task
+    c.model = load_config(f"{Path(__file__).resolve().parent.parent / 'models' / task}.py:{variant}")
+    c.p_uncond = 0.1                   # condition dropout for CFG
+    c.t_mean, c.t_std = 1.0, 1.0       # t = sigmoid(N(t_mean, t_std))
+    c.data = ml_collections.ConfigDict(data)
+    if variant == "tiny":
+        tiny_run(c, batch_size=4, total_steps=200)
+        c.cond = condition("random")
+    else:
+        kind, c.batch_size = FLOW_VARIANTS[variant]
+        c.compute_dtype = "bfloat16"
+        c.cond = condition(kind)
+    return c
 
 
 def tiny_run(c: ml_collections.ConfigDict, batch_size: int, total_steps: int) -> None:

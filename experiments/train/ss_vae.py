@@ -1,4 +1,4 @@
-"""Sparse-structure VAE training: 64³ occupancy, Dice + 1e-3·KL (SPEC §7.3).
+"""Sparse-structure VAE training: 64³ occupancy, Dice + 1e-3·KL (docs/reference_facts.md#losses).
 
 Variants: `released` (ss_enc/ss_dec_conv3d_16l8 args, grain voxel dataset at --config.data.path, 64³)
 and `tiny` (tiny encoder/decoder on synthetic 32³ ellipsoid shells; CPU).

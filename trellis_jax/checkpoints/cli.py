@@ -13,7 +13,9 @@ import sys
 import numpy as np
 import jax
 
-from trellis_jax.checkpoints.official import CheckpointError, load_model, load_pipeline, read_json, save_model, _paths
+from trellis_jax.checkpoints.official import (
+    CheckpointError, checkpoint_paths, load_model, load_pipeline, read_json, save_model,
+)
 
 
 def main(argv=None) -> int:
@@ -36,7 +38,7 @@ def main(argv=None) -> int:
                 print(f"{pre}: {type(module).__name__} {n:,} params OK")
         elif args.cmd == "resave":
             module, params = load_model(args.src)
-            cfg = read_json(_paths(args.src)[0])
+            cfg = read_json(checkpoint_paths(args.src)[0])
             print("wrote", *save_model(args.dst, cfg["name"], cfg["args"], params))
         else:
             loaded = load_pipeline(args.dir, search_roots=args.ckpt_root)

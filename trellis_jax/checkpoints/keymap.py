@@ -12,7 +12,8 @@ import re
 
 import numpy as np
 
-# §5.9: Linear/Conv weights and biases under these top-level modules are f16 in fp16 releases.
+# Linear/Conv weights and biases under these top-level modules are f16 in fp16 releases
+# (docs/reference_facts.md#checkpoints).
 FP16_TOP_LEVEL = {"blocks", "middle_block", "input_blocks", "out_blocks", "upsample"}
 _NUM = re.compile(r"^\d+$")
 _TRAILING = re.compile(r"^(.*)_(\d+)$")

@@ -35,20 +35,27 @@ class CheckpointMismatchError(CheckpointError):
     """A checkpoint's tensors do not match the network built from its json."""
 
 
-def _paths(prefix: str | Path) -> tuple[Path, Path]:
+def checkpoint_paths(prefix: str | Path) -> tuple[Path, Path]:
+    """(NAME.json, NAME.safetensors) of a checkpoint given as NAME, NAME.json or NAME.safetensors."""
     p = Path(prefix)
     if p.suffix in (".json", ".safetensors"):
         p = p.with_suffix("")
     return p.with_name(p.name + ".json"), p.with_name(p.name + ".safetensors")
 
 
-def read_json(path: Path) -> dict:
+def _parse_json(path: Path):
+    """The parsed JSON of `path`; a CheckpointError naming it when it is missing or not JSON."""
     if not path.exists():
         raise CheckpointError(f"{path}: file not found")
     try:
-        cfg = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+
+
+def read_json(path: Path) -> dict:
+    """A checkpoint's NAME.json: {"name": <ModelClass>, "args": {...}}."""
+    cfg = _parse_json(path)
     if not isinstance(cfg, dict) or "name" not in cfg or "args" not in cfg:
         raise CheckpointError(f'{path}: expected {{"name": <ModelClass>, "args": {{...}}}}')
     return cfg
@@ -105,7 +112,7 @@ def _checkpoint_prefix(path: str | Path, name: str | None) -> Path:
         return Path(path)
     d = Path(path)
     for cand in (d / name, d / "ckpts" / name):
-        if _paths(cand)[0].exists():
+        if checkpoint_paths(cand)[0].exists():
             return cand
     raise CheckpointError(f"{d}: no checkpoint {name!r} (looked for {d / name}.json and {d / 'ckpts' / name}.json)")
 
@@ -117,7 +124,7 @@ def load_model(path: str | Path, name: str | None = None, *, param_dtype=jnp.flo
     a repository (holding `ckpts/`) or a ckpts directory. `module_overrides` (e.g.
     `dtype=jnp.bfloat16`, `attn_impl='pallas'`) set the module's compute fields.
     """
-    json_path, st_path = _paths(_checkpoint_prefix(path, name))
+    json_path, st_path = checkpoint_paths(_checkpoint_prefix(path, name))
     cfg = read_json(json_path)
     if not isinstance(cfg["args"], dict):
         raise CheckpointError(f'{json_path}: "args" must be an object of model arguments, got {cfg["args"]!r}')
@@ -147,11 +154,11 @@ def save_model(path: str | Path, class_name: str, args: dict, params: dict, name
     """Write `PREFIX.json` + `PREFIX.safetensors` in the official layout and dtypes (atomically).
 
     PREFIX is `path` (e.g. 'out/ckpts/NAME'), or `path/NAME` when `name` is given. Tensors are f16 under
-    the fp16 trunk modules when `args['use_fp16']` (§5.9), f32 otherwise.
+    the fp16 trunk modules when `args['use_fp16']` (docs/reference_facts.md#checkpoints), f32 otherwise.
     """
     from safetensors.numpy import save_file
 
-    json_path, st_path = _paths(Path(path) / name if name is not None else path)
+    json_path, st_path = checkpoint_paths(Path(path) / name if name is not None else path)
     tensors = export_state_dict(params, bool(args.get("use_fp16", False)))
     config = json.dumps({"name": class_name, "args": args}, indent=4)
     atomic_write_many({st_path: lambda p: save_file(tensors, str(p)), json_path: lambda p: p.write_text(config)})
@@ -165,7 +172,7 @@ def _resolve_model_path(root: Path, ref: str, search_roots: Sequence[Path]) -> P
         candidates += [Path(s) / "/".join(parts[2:]) for s in [*search_roots, root.parent / parts[1]]]
         candidates += [Path(s) / parts[1] / "/".join(parts[2:]) for s in search_roots]
     for c in candidates:
-        if _paths(c)[0].exists():
+        if checkpoint_paths(c)[0].exists():
             return c
     raise CheckpointError(f"{root / 'pipeline.json'}: model '{ref}' not found (looked in {[str(c) for c in candidates]})")
 
@@ -220,12 +227,7 @@ def load_pipeline(directory: str | Path, search_roots: Sequence[str | Path] = ()
     """
     directory = Path(directory)
     pj = directory / "pipeline.json"
-    if not pj.exists():
-        raise CheckpointError(f"{pj}: file not found")
-    try:
-        raw = json.loads(pj.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{pj}: invalid JSON ({e})") from e
+    raw = _parse_json(pj)
     args = raw.get("args", raw) if isinstance(raw, dict) else None
     if not isinstance(args, dict) or not isinstance(args.get("models"), dict):
         raise CheckpointError(f"{pj}: no 'models' section ({{role: 'ckpts/NAME'}})")

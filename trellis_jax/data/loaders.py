@@ -13,8 +13,8 @@ Per stage, batches hold (B = batch_size, shapes static for a given bucket):
   ss_flow    ss_latent [B, 16, 16, 16, 8] float32 (+ condition)
   slat_flow  coords/feats/mask with feats = normalised SLat latents [B, L, 8] (+ condition)
 Condition (`cond=`): 'image' -> cond_image [B, 518, 518, 3] (random condition view, cropped around
-the alpha bbox x1.2, resized, alpha-premultiplied: SPEC §6.1); 'text' -> caption [B] (one random
-caption per sample; str array); None -> nothing.
+the alpha bbox x1.2, resized, alpha-premultiplied: docs/reference_facts.md#conditions); 'text' -> caption [B]
+(one random caption per sample; str array); None -> nothing.
 
 L is the capacity: the smallest of `buckets` that fits the largest asset of the batch (length
 bucketing keeps padding and the number of compiled shapes small); assets above `max_voxels` (the
@@ -195,8 +195,8 @@ class RandomRenderView(grain.transforms.RandomMap):
 
 
 def crop_condition_image(rgba: np.ndarray, size: int = 518, ratio: float = 1.2) -> np.ndarray:
-    """Training-time condition crop (SPEC §6.1): square around the alpha>0 bbox, side x ratio, resize,
-    premultiply -> float32 [size, size, 3] in [0, 1]."""
+    """Training-time condition crop (docs/reference_facts.md#conditions): square around the alpha>0 bbox,
+    side x ratio, resize, premultiply -> float32 [size, size, 3] in [0, 1]."""
     ys, xs = np.nonzero(rgba[..., 3] > 0)
     if len(xs) == 0:
         raise ValueError("condition view is empty (alpha all zero)")

@@ -34,7 +34,7 @@ def main(argv=None) -> int:
         if "slat_decoder_gs" not in loaded["models"]:
             raise ValueError(f"{Path(args.weights) / 'pipeline.json'}: no 'slat_decoder_gs' model to decode Gaussians with")
         pipe = TrellisPipeline.from_checkpoint(loaded)
-        dec = pipe._module("slat_decoder_gs")
+        dec = pipe.module("slat_decoder_gs")
         res = args.resolution or dec.resolution
         check_latents_fit(args.latents, coords, feats, res, dec.latent_channels)
         cap = 1 << int(np.ceil(np.log2(len(coords))))

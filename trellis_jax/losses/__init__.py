@@ -1,1 +1,1 @@
-"""Losses of the reference's VAE and decoder training (§7.3)."""
+"""Losses of the reference's VAE and decoder training (docs/reference_facts.md#losses)."""

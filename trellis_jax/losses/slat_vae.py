@@ -1,4 +1,5 @@
-"""Joint SLat-encoder + Gaussian-decoder objective, trained by differentiable rendering (§7.3).
+"""Joint SLat-encoder + Gaussian-decoder objective, trained by differentiable rendering
+(docs/reference_facts.md#losses).
 
 One random view per asset is rendered from the decoded Gaussians (pure-JAX splatting) on a random
 black or white background and compared with the ground-truth render composited on the same colour:

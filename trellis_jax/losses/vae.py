@@ -1,4 +1,4 @@
-"""KL and Gaussian-decoder regularisers of the reference's VAE training (§7.3)."""
+"""KL and Gaussian-decoder regularisers of the reference's VAE training (docs/reference_facts.md#losses)."""
 from __future__ import annotations
 
 import jax

@@ -7,20 +7,18 @@ tanh-squashed around fixed Hammersley perturbations so each Gaussian stays withi
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trellis_jax.models.slat_vae_trunk import sparse_transformer_trunk
+from trellis_jax.models.slat_vae_trunk import SLatVAEBase
 from trellis_jax.modules.layers import linear
 from trellis_jax.representations.gaussians import Gaussians
 from trellis_jax.sparse.norm import layer_norm
 from trellis_jax.sparse.tensor import SparseTensor
-
-Dtype = Any
 
 DEFAULT_GS_CONFIG = {
     "lr": {"_xyz": 1.0, "_features_dc": 1.0, "_opacity": 1.0, "_scaling": 1.0, "_rotation": 0.1},
@@ -78,26 +76,10 @@ def decode_gaussians(raw: jax.Array, x: SparseTensor, perturbation: jax.Array, r
     return Gaussians(flat(xyz), flat(blocks["_features_dc"]), flat(scales), flat(rot), flat(opacity), jnp.repeat(x.mask, G, axis=1))
 
 
-class SLatGaussianDecoder(nn.Module):
+class SLatGaussianDecoder(SLatVAEBase):
     """z: SparseTensor [B, L, latent_channels] at 64³ -> Gaussians [B, L·G]."""
 
-    resolution: int
-    model_channels: int
-    latent_channels: int
-    num_blocks: int
-    num_heads: Optional[int] = None
-    num_head_channels: Optional[int] = 64
-    mlp_ratio: float = 4
-    attn_mode: str = "swin"
-    window_size: int = 8
-    pe_mode: str = "ape"
-    use_fp16: bool = False
-    use_checkpoint: bool = False
-    qk_rms_norm: bool = False
     representation_config: Optional[dict] = None
-    dtype: Dtype = jnp.float32
-    attn_impl: str = "xla"
-    remat: bool = False
 
     @property
     def rep(self) -> dict:
@@ -109,7 +91,7 @@ class SLatGaussianDecoder(nn.Module):
     def __call__(self, z: SparseTensor, return_raw: bool = False):
         rep = self.rep
         G = rep["num_gaussians"]
-        h = sparse_transformer_trunk(self, z)
+        h = self.trunk(z)
         h = layer_norm(h.astype(jnp.float32), 1e-5)
         raw = linear(gaussian_channels(G), ("embed", "io"), "out_layer", zero_init=True)(h)
         pert = self.param(

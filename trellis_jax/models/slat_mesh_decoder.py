@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from trellis_jax.models.slat_vae_trunk import sparse_transformer_trunk
+from trellis_jax.models.slat_vae_trunk import SLatVAEBase
 from trellis_jax.modules.layers import linear
 from trellis_jax.modules.sparse_conv import SparseConv3d
 from trellis_jax.sparse.neighbors import neighbor_map
@@ -72,26 +72,10 @@ class SparseSubdivideBlock3d(nn.Module):
         return fine_x.replace(feats=masked(h + skip.astype(h.dtype), fine_x.mask))
 
 
-class SLatMeshDecoder(nn.Module):
+class SLatMeshDecoder(SLatVAEBase):
     """z: SparseTensor [B, L, latent_channels] at 64³ -> SparseTensor [B, 64·L, 101] at 256³."""
 
-    resolution: int
-    model_channels: int
-    latent_channels: int
-    num_blocks: int
-    num_heads: Optional[int] = None
-    num_head_channels: Optional[int] = 64
-    mlp_ratio: float = 4
-    attn_mode: str = "swin"
-    window_size: int = 8
-    pe_mode: str = "ape"
-    use_fp16: bool = False
-    use_checkpoint: bool = False
-    qk_rms_norm: bool = False
     representation_config: Optional[dict] = None
-    dtype: Dtype = jnp.float32
-    attn_impl: str = "xla"
-    remat: bool = False
 
     @property
     def out_channels(self) -> int:
@@ -100,7 +84,7 @@ class SLatMeshDecoder(nn.Module):
     @nn.compact
     def __call__(self, z: SparseTensor) -> SparseTensor:
         C = self.model_channels
-        h = z.replace(feats=sparse_transformer_trunk(self, z))
+        h = z.replace(feats=self.trunk(z))
         h = SparseSubdivideBlock3d(C // 4, self.dtype, name="upsample_0")(h)
         h = SparseSubdivideBlock3d(C // 8, self.dtype, name="upsample_1")(h)
         out = linear(self.out_channels, ("conv_out", "io"), "out_layer", zero_init=True)(h.feats.astype(jnp.float32))

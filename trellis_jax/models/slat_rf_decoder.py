@@ -4,48 +4,30 @@ Head channels per voxel: trivec [R, 3, D] (+1 after decoding), density [R], feat
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from trellis_jax.models.slat_vae_trunk import sparse_transformer_trunk
+from trellis_jax.models.slat_vae_trunk import SLatVAEBase
 from trellis_jax.modules.layers import linear
 from trellis_jax.representations.strivec import Strivec
 from trellis_jax.sparse.norm import layer_norm
 from trellis_jax.sparse.tensor import SparseTensor
 
-Dtype = Any
 
-
-class SLatRadianceFieldDecoder(nn.Module):
+class SLatRadianceFieldDecoder(SLatVAEBase):
     """z: SparseTensor [B, L, latent_channels] -> Strivec fields on the same voxels."""
 
-    resolution: int
-    model_channels: int
-    latent_channels: int
-    num_blocks: int
-    num_heads: Optional[int] = None
-    num_head_channels: Optional[int] = 64
-    mlp_ratio: float = 4
-    attn_mode: str = "swin"
-    window_size: int = 8
-    pe_mode: str = "ape"
-    use_fp16: bool = False
-    use_checkpoint: bool = False
-    qk_rms_norm: bool = False
     representation_config: Optional[dict] = None
-    dtype: Dtype = jnp.float32
-    attn_impl: str = "xla"
-    remat: bool = False
 
     @nn.compact
     def __call__(self, z: SparseTensor) -> Strivec:
         rep = {"rank": 16, "dim": 8}
         rep.update(dict(self.representation_config or {}))
         R, D = rep["rank"], rep["dim"]
-        h = sparse_transformer_trunk(self, z)
+        h = self.trunk(z)
         h = layer_norm(h.astype(jnp.float32), 1e-5)
         raw = linear(R * 3 * D + R + R * 3, ("embed", "io"), "out_layer", zero_init=True)(h)
         B, L, _ = raw.shape

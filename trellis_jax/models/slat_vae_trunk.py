@@ -1,11 +1,15 @@
-"""Shared SLat-VAE trunk (reference `SparseTransformerBase`): Linear in, 3D APE, swin blocks.
+"""Shared SLat-VAE base (reference `SparseTransformerBase`): the config header and the trunk
+(Linear in, 3D APE, swin blocks) of the SLat encoder and the three SLat decoders.
 
-`sparse_transformer_trunk` is called from inside each SLat VAE network's compact `__call__`, so its
-layers are created at the network's top level (`input_layer`, `blocks_i`) exactly like the official
-keys. Window partitions are built once for each of the two shifts and reused by every block (as the
-reference caches them); block i uses shift (window/2)·(i mod 2).
+The field names are those of the released checkpoints' json `args`, so `Class(**args)` builds every
+network. `trunk` is called from inside each subclass's compact `__call__`, so its layers are created at
+the network's top level (`input_layer`, `blocks_i`) exactly like the official keys. Window partitions
+are built once for each of the two shifts and reused by every block (as the reference caches them);
+block i uses shift (window/2)·(i mod 2).
 """
 from __future__ import annotations
+
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -17,27 +21,49 @@ from trellis_jax.sparse.attention import full_layout, window_layout
 from trellis_jax.sparse.pos_embed import absolute_position_embedding
 from trellis_jax.sparse.tensor import SparseTensor, masked
 
+Dtype = Any
 
-def sparse_transformer_trunk(net: nn.Module, x: SparseTensor) -> jax.Array:
-    """Run the trunk of SLat VAE network `net` (its fields: model_channels, num_blocks, num_heads,
-    num_head_channels, mlp_ratio, attn_mode, window_size, pe_mode, qk_rms_norm, dtype, attn_impl,
-    remat) on x [B, L, Cin] -> [B, L, model_channels] in the compute dtype (padding rows zero)."""
-    C = net.model_channels
-    heads = net.num_heads or C // net.num_head_channels
-    h = linear(C, ("io", "embed"), "input_layer")(x.feats.astype(jnp.float32))
-    if net.pe_mode == "ape":
-        h = h + absolute_position_embedding(x.coords, C)
-    elif net.pe_mode != "none":
-        raise NotImplementedError(f"pe_mode {net.pe_mode!r} is not used by released SLat VAEs")
-    h = masked(h, x.mask).astype(net.dtype)
-    if net.attn_mode == "swin":
-        layouts = [window_layout(x.coords, x.mask, net.window_size, s) for s in (0, net.window_size // 2)]
-    elif net.attn_mode == "full":
-        layouts = [full_layout(x.mask)] * 2
-    else:
-        raise NotImplementedError(f"attn_mode {net.attn_mode!r} (released models use 'swin')")
-    block_cls = nn.remat(TransformerBlock) if (net.remat or net.use_checkpoint) else TransformerBlock
-    for i in range(net.num_blocks):
-        h = block_cls(C, heads, net.mlp_ratio, net.qk_rms_norm, net.dtype, net.attn_impl, name=f"blocks_{i}")(h, layouts[i % 2])
-        h = masked(h, x.mask)
-    return h
+
+class SLatVAEBase(nn.Module):
+    """Fields shared by every SLat VAE network; subclasses add their head (and `in_channels` /
+    `representation_config`). `use_fp16`/`use_checkpoint` are the released names; `dtype` is the
+    compute dtype, `attn_impl` the attention kernel, `remat` (or `use_checkpoint`) rematerialises blocks."""
+
+    resolution: int
+    model_channels: int
+    latent_channels: int
+    num_blocks: int
+    num_heads: Optional[int] = None
+    num_head_channels: Optional[int] = 64
+    mlp_ratio: float = 4
+    attn_mode: str = "swin"
+    window_size: int = 8
+    pe_mode: str = "ape"
+    use_fp16: bool = False
+    use_checkpoint: bool = False
+    qk_rms_norm: bool = False
+    dtype: Dtype = jnp.float32
+    attn_impl: str = "xla"
+    remat: bool = False
+
+    def trunk(self, x: SparseTensor) -> jax.Array:
+        """x [B, L, Cin] -> [B, L, model_channels] in the compute dtype (padding rows zero)."""
+        C = self.model_channels
+        heads = self.num_heads or C // self.num_head_channels
+        h = linear(C, ("io", "embed"), "input_layer")(x.feats.astype(jnp.float32))
+        if self.pe_mode == "ape":
+            h = h + absolute_position_embedding(x.coords, C)
+        elif self.pe_mode != "none":
+            raise NotImplementedError(f"pe_mode {self.pe_mode!r} is not used by released SLat VAEs")
+        h = masked(h, x.mask).astype(self.dtype)
+        if self.attn_mode == "swin":
+            layouts = [window_layout(x.coords, x.mask, self.window_size, s) for s in (0, self.window_size // 2)]
+        elif self.attn_mode == "full":
+            layouts = [full_layout(x.mask)] * 2
+        else:
+            raise NotImplementedError(f"attn_mode {self.attn_mode!r} (released models use 'swin')")
+        block_cls = nn.remat(TransformerBlock) if (self.remat or self.use_checkpoint) else TransformerBlock
+        for i in range(self.num_blocks):
+            block = block_cls(C, heads, self.mlp_ratio, self.qk_rms_norm, self.dtype, self.attn_impl, name=f"blocks_{i}")
+            h = masked(block(h, layouts[i % 2]), x.mask)
+        return h

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from trellis_jax.models.posterior import gaussian_posterior
 from trellis_jax.modules.layers import AffineLayerNorm
 
 Dtype = Any
@@ -100,14 +101,7 @@ class SparseStructureEncoder(nn.Module):
             h = ResBlock3d(chs[-1], chs[-1], self.dtype, name=f"middle_block_{j}")(h)
         h = nn.silu(AffineLayerNorm(1e-5, name="out_layer_0")(h.astype(jnp.float32)))
         h = conv3d(2 * self.latent_channels, 3, "out_layer_2")(h)
-        mean, logvar = jnp.split(h, 2, axis=-1)
-        if sample_posterior:
-            if rng is None:
-                raise ValueError("sample_posterior=True needs an explicit rng key")
-            z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
-        else:
-            z = mean
-        return z, mean, logvar
+        return gaussian_posterior(h, sample_posterior, rng)
 
 
 class SparseStructureDecoder(nn.Module):

@@ -22,7 +22,8 @@ def linear(
 ) -> nn.Dense:
     """nn.Dense (reference nn.Linear) with Xavier-uniform weights and zero bias by default.
 
-    `axes` are the logical axis names of the kernel [in, out] (see HELPERS: 'embed', 'mlp', ...).
+    `axes` are the logical axis names of the kernel [in, out] ('embed', 'mlp', ...: the
+    names `DEFAULT_RULES` in trellis_jax/training/sharding.py maps onto the mesh).
     """
     if kernel_init is None:
         kernel_init = nn.initializers.zeros if zero_init else nn.initializers.xavier_uniform()

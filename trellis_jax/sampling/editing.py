@@ -5,7 +5,7 @@ axis-aligned voxel box the content is generated; outside it the known data are r
 current time with the forward process and pasted back after every step. RePaint's resampling
 schedule (`jump_length`, `num_resamples`: after every `jump_length` denoising steps, go back up
 `jump_length` steps with fresh noise, `num_resamples − 1` times) harmonises the two regions. The
-paper's exact TRELLIS settings are unpublished (spec §15), so both are parameters.
+paper's exact TRELLIS settings are unpublished (docs/reference_facts.md#editing), so both are parameters.
 """
 from __future__ import annotations
 
@@ -120,9 +120,9 @@ class Editor:
         existed before keep their (de-normalised) latents; the rest are generated.
         """
         p = self.pipe
-        flow_s = p._module("sparse_structure_flow_model")
-        dec = p._module("sparse_structure_decoder")
-        flow_l = p._module("slat_flow_model")
+        flow_s = p.module("sparse_structure_flow_model")
+        dec = p.module("sparse_structure_decoder")
+        flow_l = p.module("slat_flow_model")
         r = flow_s.resolution
         scale = resolution // r
 

@@ -147,12 +147,6 @@ def sample_euler(
     return (x0, traj) if return_trajectory else x0
 
 
-def predict_x0(x_t, t, v):
-    """x̂_0 = (1 − σmin)·x_t − (σmin + (1 − σmin)·t)·v."""
-    t = _expand(t, x_t)
-    return (1 - SIGMA_MIN) * x_t - (SIGMA_MIN + (1 - SIGMA_MIN) * t) * v
-
-
 def noise_to(x0, t, eps):
     """Forward process: x_t = (1 − t)·x0 + (σmin + (1 − σmin)·t)·ε."""
     t = _expand(t, x0)

@@ -152,7 +152,8 @@ class TrellisPipeline:
     def params(self) -> dict:
         return {k: p for k, (_, p) in self.models.items()}
 
-    def _module(self, role):
+    def module(self, role: str):
+        """The Flax network of pipeline.json role `role` (e.g. 'slat_flow_model')."""
         if role not in self.models:
             raise KeyError(f"pipeline has no '{role}' model (has {sorted(self.models)})")
         return self.models[role][0]
@@ -160,7 +161,7 @@ class TrellisPipeline:
     def sample_structure(self, params, cond, neg_cond, keys, multi_image=False, noise=None):
         """Stage 1: [B] keys (or the given noise [B, 16, 16, 16, 8]) -> (ss_latent [B, 16, 16, 16, 8],
         occupancy logits [B, 64, 64, 64, 1])."""
-        flow = self._module("sparse_structure_flow_model")
+        flow = self.module("sparse_structure_flow_model")
         shape = (flow.resolution,) * 3 + (flow.in_channels,)
         if noise is None:
             noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1), shape))(keys)
@@ -168,7 +169,7 @@ class TrellisPipeline:
             raise ValueError(f"stage-1 noise has shape {tuple(noise.shape)}, expected [B, {', '.join(map(str, shape))}] (channels last)")
         vel = dense_velocity(flow, params["sparse_structure_flow_model"])
         z = sample_euler(vel, noise, cond, neg_cond, self.ss_sampler, multi_image)
-        logits = self._module("sparse_structure_decoder").apply(params["sparse_structure_decoder"], z)
+        logits = self.module("sparse_structure_decoder").apply(params["sparse_structure_decoder"], z)
         return z, logits
 
     def stage2_sizes(self) -> tuple[int, ...]:
@@ -184,7 +185,7 @@ class TrellisPipeline:
         """Stage 2 on given voxels: -> normalised latents [B, L, 8]. The noise is drawn as [noise_rows, 8]
         (default L) per sample and its first L rows used, so a sample's noise does not depend on L; or
         given as per-sample rows `noise` [B, >= L, 8] (row-aligned with `coords`)."""
-        flow = self._module("slat_flow_model")
+        flow = self.module("slat_flow_model")
         B, L, _ = coords.shape
         if noise is None:
             rows = max(noise_rows or L, L)
@@ -199,7 +200,7 @@ class TrellisPipeline:
         out = {}
         for fmt in self.formats:
             if DECODER_ROLES[fmt] in self.models:
-                out[fmt] = self._module(DECODER_ROLES[fmt]).apply(params[DECODER_ROLES[fmt]], z)
+                out[fmt] = self.module(DECODER_ROLES[fmt]).apply(params[DECODER_ROLES[fmt]], z)
         return out
 
     def denormalize(self, latents, mask):

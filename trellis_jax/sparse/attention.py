@@ -283,7 +283,8 @@ def extent_limited_attention(q, k, v, segment_ids, chunk_size=128, key_block=256
     return jnp.moveaxis(out, 0, 1).reshape(B, nq * cq, H, D)[:, :L]
 
 
-def _take_rows(x, index):
+def take_rows(x: jax.Array, index: jax.Array) -> jax.Array:
+    """x [B, L, ...] with its rows reordered by index [B, L] (e.g. a layout's `perm` / `inv_perm`)."""
     return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
@@ -297,17 +298,17 @@ def sparse_self_attention(q, k, v, layout: AttentionLayout, *, impl: str = "xla"
     if impl == "xla":
         if layout.kind == "full":  # 128 x 256 logit tiles: per-step logits stay cache-sized at batch 16
             return extent_limited_attention(q, k, v, layout.segment_ids, max(block_size // 2, 1), block_size)
-        qs, ks, vs = (_take_rows(t, layout.perm) for t in (q, k, v))
+        qs, ks, vs = (take_rows(t, layout.perm) for t in (q, k, v))
         out = blocked_segment_attention(qs, ks, vs, layout.segment_ids, layout.max_group, block_size)
-        return _take_rows(out, layout.inv_perm)
+        return take_rows(out, layout.inv_perm)
     if impl == "pallas":
         from kernels.block_sparse_attention import block_sparse_attention
 
         if layout.kind == "full":
             return block_sparse_attention(q, k, v, layout.segment_ids, max_group=layout.max_group)
-        qs, ks, vs = (_take_rows(t, layout.perm) for t in (q, k, v))
+        qs, ks, vs = (take_rows(t, layout.perm) for t in (q, k, v))
         out = block_sparse_attention(qs, ks, vs, layout.segment_ids, max_group=layout.max_group)
-        return _take_rows(out, layout.inv_perm)
+        return take_rows(out, layout.inv_perm)
     raise ValueError(f"unknown attention impl {impl!r} (expected 'xla' or 'pallas')")
 
 

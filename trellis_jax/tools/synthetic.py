@@ -12,8 +12,6 @@ from flax import traverse_util
 
 from trellis_jax.checkpoints.official import param_template
 
-_BUFFERS = ("pos_emb", "offset_perturbation")
-
 
 def random_params(module, seed: int = 0, std: float = 0.2) -> dict:
     """{'params': ...} with N(0, std) kernels/biases, 1 + N(0, std) norm scales and QK gammas.

@@ -1,4 +1,5 @@
-"""Rectified-flow training objective of both generation stages (SPEC §7.1); the only one in the codebase.
+"""Rectified-flow training objective of both generation stages; the only one in the codebase
+(docs/reference_facts.md#flow-objective).
 
 x_t = (1 − t)·x0 + (σmin + (1 − σmin)·t)·ε,  target v = (1 − σmin)·ε − x0,  t = sigmoid(n), n ~ N(1, 1);
 plain MSE over every element (sparse: over all valid voxel features of the batch, pooled).

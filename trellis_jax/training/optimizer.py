@@ -1,4 +1,5 @@
-"""Optimizer of the reference trainer (SPEC §7.2): adaptive global-norm clipping -> AdamW, and the EMA.
+"""Optimizer of the reference trainer: adaptive global-norm clipping -> AdamW, and the EMA
+(docs/reference_facts.md#optimizer).
 
     tx = make_optimizer(cfg)              # optax.GradientTransformation, state is a pure pytree
     ema = ema_update(ema, params, decay)  # EMA of the fp32 master params

@@ -52,10 +52,6 @@ def build_task(cfg):
     return tasks[cfg.task](cfg)
 
 
-def _is_box(x):
-    return isinstance(x, nn.meta.AxisMetadata)
-
-
 def accumulated_grad(loss_fn, batch_split: int, mesh):
     """value_and_grad of loss_fn(params, batch, rng) -> (loss, metrics), over `batch_split` micro-batches.
 

@@ -39,8 +39,6 @@ EDGES = _edges()  # [12, 2] corner indices
 EDGE_AXIS = np.argmax(np.abs(CORNERS[EDGES[:, 1]] - CORNERS[EDGES[:, 0]]), axis=1).astype(np.int32)  # [12]
 # The corner an edge starts from in the grid sense (its lower endpoint along its axis).
 EDGE_LOW_CORNER = np.where(CORNERS[EDGES[:, 0], EDGE_AXIS] == 0, EDGES[:, 0], EDGES[:, 1]).astype(np.int32)
-# True where an edge's first endpoint is its upper one (the y-edges).
-EDGE_FIRST_IS_UPPER = EDGES[:, 0] != EDGE_LOW_CORNER
 
 
 def _edge_id(a: int, b: int) -> int:

@@ -46,7 +46,7 @@ class Condition:
 
     cfg.cond.kind: 'random' (synthetic data: tokens [tokens, cond_channels] derived from the sample's
     code), 'image' (frozen DINOv2 on the batch's `cond_image`) or 'text' (frozen CLIP on `caption`).
-    `negative` [1, Lc, Cc]: zeros for image/random, CLIP("") for text (SPEC §7.1).
+    `negative` [1, Lc, Cc]: zeros for image/random, CLIP("") for text (docs/reference_facts.md#conditions).
     """
 
     def __init__(self, cfg, cond_channels: int, code_dim: int):

@@ -1,7 +1,7 @@
 """G_L task: rectified flow on sparse structured latents padded to a static capacity.
 
 Batch: coords int32 [B, L, 3], feats float32 [B, L, 8] (latents standardised per channel with
-cfg.slat_normalization, SPEC §8.6), mask bool [B, L] (valid rows first), cond [B, Lc, Cc].
+cfg.slat_normalization, docs/reference_facts.md#slat-normalisation), mask bool [B, L] (valid rows first), cond [B, Lc, Cc].
 The loss is the MSE over the valid rows' features of the whole batch (pooled, as the reference).
 Grain data: stage 'slat_flow' (make_loader standardises with the same mean/std; one bucket = L).
 """

@@ -1,6 +1,6 @@
 """SS-VAE task: occupancy [B, R, R, R, 1] -> encoder posterior -> decoder logits (R = 64; tiny: 32).
 
-Loss (SPEC §7.3): dice_weight·Dice(sigmoid(logits), occ) + bce_weight·BCE + kl_weight·KL
+Loss (docs/reference_facts.md#losses): dice_weight·Dice(sigmoid(logits), occ) + bce_weight·BCE + kl_weight·KL
 (reference: 1, 0, 1e-3). Grain data: stage 'ss_vae' (occupancy grids from the voxel coords).
 """
 from __future__ import annotations
