@@ -6,11 +6,16 @@ zeros. `TextConditioner` tokenizes (77 tokens) and returns CLIP's last hidden st
 condition is the encoding of "". Pretrained weights are read from local HF-format directories;
 without them a randomly initialised, frozen encoder of the requested architecture is used and
 `pretrained` is False — callers must say so (nothing falls back silently).
+
+Conditioners are immutable; each one's jitted encoder is built on first use (`functools.cached_property`,
+the codebase's one idiom for a jitted function of a frozen object) and reused by every later call, so
+encoding many batches of one shape compiles once. `tokens(params, x)` is the same computation as a
+pure function, for use inside other jitted functions (the trainer's step).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -61,7 +66,7 @@ def preprocess_image(image: Image.Image, size: int) -> np.ndarray:
     return rgba[..., :3] * rgba[..., 3:4]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True, eq=False)
 class ImageConditioner:
     model: DINOv2
     params: Any
@@ -72,9 +77,17 @@ class ImageConditioner:
     def image_size(self) -> int:
         return self.model.config.image_size
 
+    def tokens(self, params, images: jax.Array) -> jax.Array:
+        """Pure: images [B, S, S, 3] preprocessed (float in [0, 1]) -> tokens [B, T, C] float32."""
+        return image_condition(self.model, params, images)
+
+    @functools.cached_property
+    def _encode(self):
+        return jax.jit(self.tokens)
+
     def encode_arrays(self, images: np.ndarray) -> jax.Array:
-        """[B, S, S, 3] preprocessed -> [B, T, C]."""
-        return jax.jit(lambda p, x: image_condition(self.model, p, x))(self.params, jnp.asarray(images))
+        """[B, S, S, 3] preprocessed -> [B, T, C] (jitted once per conditioner; per input shape)."""
+        return self._encode(self.params, jnp.asarray(images, jnp.float32))
 
     def __call__(self, images: Sequence[Image.Image]) -> jax.Array:
         return self.encode_arrays(np.stack([preprocess_image(im, self.image_size) for im in images]))
@@ -84,7 +97,7 @@ class ImageConditioner:
         return jnp.zeros((batch, cfg.num_tokens, cfg.hidden_size), jnp.float32)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True, eq=False)
 class TextConditioner:
     model: CLIPTextEncoder
     params: Any
@@ -92,8 +105,21 @@ class TextConditioner:
     pretrained: bool
     description: str
 
+    def tokens(self, params, input_ids: jax.Array) -> jax.Array:
+        """Pure: token ids int32 [B, 77] -> last hidden state [B, 77, C] float32."""
+        return text_condition(self.model, params, input_ids)
+
+    @functools.cached_property
+    def _encode(self):
+        return jax.jit(self.tokens)
+
+    def token_ids(self, texts: Sequence[str]) -> np.ndarray:
+        """Host-side tokenisation: texts -> int32 [B, 77]."""
+        return np.asarray(self.tokenizer([str(t) for t in texts]), np.int32)
+
     def __call__(self, texts: Sequence[str]) -> jax.Array:
-        return jax.jit(lambda p, ids: text_condition(self.model, p, ids))(self.params, jnp.asarray(self.tokenizer(list(texts))))
+        """texts -> [B, 77, C] (jitted once per conditioner; per batch size)."""
+        return self._encode(self.params, jnp.asarray(self.token_ids(texts)))
 
     def negative(self, batch: int) -> jax.Array:
         return jnp.repeat(self([""]), batch, axis=0)
