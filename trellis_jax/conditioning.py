@@ -125,10 +125,31 @@ class TextConditioner:
         return jnp.repeat(self([""]), batch, axis=0)
 
 
-def _random_params(model, example, seed):
+IMAGE_ARCHS = {"vitl14_reg": VITL14_REG, "tiny": TINY_DINOV2}
+TEXT_ARCHS = {"vitl14": CLIP_VIT_L14_TEXT, "tiny": TINY_CLIP}
+
+
+def encoder_module(kind: str, arch: str):
+    """The frozen encoder network of a condition: 'image' -> DINOv2(IMAGE_ARCHS[arch]), 'text' -> CLIP text."""
+    archs = {"image": IMAGE_ARCHS, "text": TEXT_ARCHS}[kind]
+    if arch not in archs:
+        raise ValueError(f"unknown {kind} encoder arch {arch!r}; choose from {sorted(archs)}")
+    return DINOv2(archs[arch]) if kind == "image" else CLIPTextEncoder(archs[arch])
+
+
+def example_input(model) -> jax.Array:
+    """A batch-1 input of the encoder (image [1, S, S, 3] or token ids [1, 77])."""
+    if isinstance(model, DINOv2):
+        return jnp.zeros((1, model.config.image_size, model.config.image_size, 3), jnp.float32)
+    return jnp.zeros((1, 77), jnp.int32)
+
+
+def random_params(model, seed: int, abstract: bool = False):
+    """Randomly initialised (unboxed) encoder params; `abstract`: only their ShapeDtypeStructs (no compute)."""
     import flax.linen as nn
 
-    return nn.meta.unbox(model.init(jax.random.PRNGKey(seed), example))
+    init = lambda: nn.meta.unbox(model.init(jax.random.PRNGKey(seed), example_input(model)))
+    return jax.eval_shape(init) if abstract else init()
 
 
 def load_image_conditioner(weights: str | Path | None = None, arch: str = "vitl14_reg", seed: int = 0) -> ImageConditioner:
@@ -138,9 +159,8 @@ def load_image_conditioner(weights: str | Path | None = None, arch: str = "vitl1
 
         model, params = load_dinov2(weights)
         return ImageConditioner(model, params, True, f"DINOv2 from {weights}")
-    cfg = {"vitl14_reg": VITL14_REG, "tiny": TINY_DINOV2}[arch]
-    model = DINOv2(cfg)
-    params = _random_params(model, jnp.zeros((1, cfg.image_size, cfg.image_size, 3)), seed)
+    model = encoder_module("image", arch)
+    params = random_params(model, seed)
     return ImageConditioner(model, params, False, f"RANDOM frozen DINOv2 ({arch}, seed {seed}); no pretrained weights given")
 
 
@@ -154,9 +174,8 @@ def load_text_conditioner(weights: str | Path | None = None, arch: str = "vitl14
 
         model, params = load_clip_text(weights)
         return TextConditioner(model, params, tok, True, f"CLIP text from {weights}")
-    cfg = {"vitl14": CLIP_VIT_L14_TEXT, "tiny": TINY_CLIP}[arch]
-    model = CLIPTextEncoder(cfg)
-    params = _random_params(model, jnp.zeros((1, 77), jnp.int32), seed)
+    model = encoder_module("text", arch)
+    params = random_params(model, seed)
     return TextConditioner(model, params, tok, False, f"RANDOM frozen CLIP text ({arch}, seed {seed}); no pretrained weights given")
 
 
