@@ -1,6 +1,6 @@
 """Steps/s of the trainer on an image-conditioned tiny G_S run over a small grain latent dataset (CPU).
 
-    PYTHONPATH=. python -m benchmarks.train_image_cond [--steps 30] [--config.batch_size=8 ...]
+    python benchmarks/train_image_cond.py [--steps 30] [--config.batch_size=8 ...]
 
 Writes 8 assets (8³×8 ss_latent, two 96² RGBA condition views each) to a temporary directory and
 runs `trainer.run` on `experiments/train/ss_flow.py:tiny` with `cond.kind=image cond.arch=tiny`
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipeline import schema, shards
-from trellis_jax.tools.configs import apply_overrides, load_config, split_config_overrides
+from trellis_jax.data import schema, shards
+from trellis_jax.config_loader import apply_overrides, load_config, split_config_overrides
 from trellis_jax.tools.tb_reader import read_scalars
 from trellis_jax.training import trainer
 
