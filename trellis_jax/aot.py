@@ -16,8 +16,9 @@ and the sampler's Euler steps are loops), so FLOPs are counted on the jaxpr with
 count's loop factor (trip-counted / once-counted FLOPs). Conditionals count their costliest branch,
 so an extent-limited attention or the sampler's stage-2 size switch is estimated at full capacity.
 
-Training jobs take the condition tokens as a step input (the frozen DINOv2 / CLIP encoder runs on
-the host side of the trainer, outside the step), so the encoder is not built here.
+Training jobs with an image / text condition include the frozen DINOv2 / CLIP encoder of cfg.cond.arch
+as the trainer runs it, inside the step; its params enter as abstract arguments (the architecture's
+shapes; no weights are read), so the memory and FLOPs figures count the encoder.
 Last line: `aot: job=<name> topology=<t> chips=<n> hbm_frac=<x> est_step_s=<y> est_mfu=<z>`.
 """
 from __future__ import annotations
