@@ -18,7 +18,7 @@ import numpy as np
 from trellis_jax.config_loader import apply_overrides, load_config, split_config_overrides
 from trellis_jax.tools.jaxpr_flops import count_flops
 from trellis_jax.training import sharding as sh
-from trellis_jax.training.trainer import build_task, compile_train
+from trellis_jax.training.trainer import build_task, compile_train, frozen_inputs
 
 # dense bf16 peak FLOP/s by device kind (substring match)
 PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12}
@@ -40,17 +40,18 @@ def main(argv=None):
     task = build_task(cfg)
     init_fn, step_fn, _ = compile_train(cfg, task, mesh, sh.rules_from_config(cfg))
     state = init_fn(jax.random.PRNGKey(0))
+    frozen = frozen_inputs(task, mesh, sh.rules_from_config(cfg))  # {}: random condition tokens
     batch = sh.shard_batch(task.synthetic_batch(int(cfg.batch_size), 0), mesh)
-    flops = count_flops(step_fn.trace(state, batch).jaxpr).flops
+    flops = count_flops(step_fn.trace(state, batch, frozen).jaxpr).flops
     t0 = time.perf_counter()
-    compiled = step_fn.lower(state, batch).compile()
+    compiled = step_fn.lower(state, batch, frozen).compile()
     compile_s = time.perf_counter() - t0
-    state, m = compiled(state, batch)
+    state, m = compiled(state, batch, frozen)
     jax.block_until_ready(m)
     times = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
-        state, m = compiled(state, batch)
+        state, m = compiled(state, batch, frozen)
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t0)
     step_s = float(np.median(times))

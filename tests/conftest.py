@@ -35,3 +35,20 @@ def prompt(tmp_path_factory):
     p = tmp_path_factory.mktemp("prompt") / "red.png"
     Image.fromarray(img).save(p)
     return p
+
+
+@pytest.fixture
+def compiles():
+    """Names of the functions XLA compiled while the test ran (jax.monitoring's backend-compile event),
+    in order: `compiles.count("jit(name)")` says how often one was (re)compiled."""
+    import jax
+
+    names: list[str] = []
+
+    def listener(event, duration, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            names.append(kw.get("fun_name", ""))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    yield names
+    jax.monitoring.unregister_event_duration_listener(listener)

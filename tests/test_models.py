@@ -187,7 +187,7 @@ def test_bf16_forward_is_close_to_fp32(gl):
 def test_dense_attention_chunked_over_queries_equals_one_product(monkeypatch):
     """G_S self- and cross-attention past MAX_LOGITS run QUERY_CHUNK queries at a time (no L×L logits):
     forcing it on the tiny G_S (64 tokens, chunks of 24 incl. a ragged last one) changes nothing."""
-    import trellis_jax.modules.attention as attention
+    import trellis_jax.sparse.attention as attention
 
     m = model_from_config(load_config("experiments/models/ss_flow.py:tiny"))
     p = _perturbed(m)

@@ -181,7 +181,7 @@ def test_overflow_and_empty_structures_are_reported(pipe, sampled):
         empty.sample(cond, jnp.zeros_like(cond), [1, 2])
 
 
-def test_repaint_schedule_and_region_edit_keeps_the_outside(pipe, sampled):
+def test_repaint_schedule_and_region_edit_keeps_the_outside(pipe, sampled, compiles):
     assert repaint_schedule(3, RePaintConfig(1, 1)) == [(0, 1), (1, 2), (2, 3)]
     sched = repaint_schedule(4, RePaintConfig(2, 2))
     assert sched[:4] == [(0, 1), (1, 2), (2, 1), (1, 0)] and sched[-1] == (3, 4)
@@ -203,6 +203,11 @@ def test_repaint_schedule_and_region_edit_keeps_the_outside(pipe, sampled):
     v = ed.variation(out["coords"], out["mask"], cond, jnp.zeros_like(cond), [5, 6], resolution=32)
     np.testing.assert_array_equal(np.asarray(v["coords"]), old_c)
     assert np.abs(np.asarray(v["latents"]) - old_l).max() > 1e-3
+    # jitted once per editor: another box, other seeds and another variation reuse the compiled functions
+    ed.edit_region(out["ss_latent"], out["coords"], out["mask"], out["latents"], (8, 0, 0), (32, 16, 32),
+                   cond, jnp.zeros_like(cond), [7, 8], resolution=32)
+    ed.variation(out["coords"], out["mask"], cond, jnp.zeros_like(cond), [9, 10], resolution=32)
+    assert compiles.count("jit(edit_region)") == 1 and compiles.count("jit(variation)") == 1, compiles
 
 
 def test_guidance_interval_ends_fall_as_in_the_reference():

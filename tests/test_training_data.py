@@ -90,7 +90,10 @@ def test_grain_slat_flow_batches_are_padded_masked_and_normalised(latent_dataset
     task = build_task(cfg)
     batch = next(make_batches(cfg, task))
     assert batch["coords"].shape == (2, 64, 3) and batch["feats"].shape == (2, 64, 8) and batch["mask"].shape == (2, 64)
-    assert batch["cond"].shape == (2, 77, 64) and batch["cond"].dtype == np.float32
+    # captions are tokenised on the host; the frozen CLIP runs inside the step
+    assert batch["input_ids"].shape == (2, 77) and batch["input_ids"].dtype == np.int32 and "cond" not in batch
+    cond = task.cond.tokens(task.frozen_params(), batch)
+    assert cond.shape == (2, 77, 64) and cond.dtype == np.float32
     records = [rec for _, rec in shards.read_dataset(latent_dataset)]
     for b in range(2):
         n = int(batch["mask"][b].sum())

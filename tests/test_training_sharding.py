@@ -301,7 +301,7 @@ def _train(setup, host_state, batches):
     state = jax.device_put(host_state, shardings)
     states, metrics = [], []
     for b in batches:
-        state, m = step_fn(state, sh.shard_batch(b, mesh))
+        state, m = step_fn(state, sh.shard_batch(b, mesh), {})  # no frozen params
         states.append(jax.device_get(state))
         metrics.append(jax.device_get(m))
     return states, metrics
@@ -380,8 +380,8 @@ def test_step_is_sharded_with_explicit_shardings_and_donation():
     kernel = lambda p: p["params"]["blocks_0"]["mlp"]["mlp_0"]["kernel"]  # [embed, mlp]
     assert kernel(state.params).sharding.spec == P("fsdp", "tensor")
     batch = sh.shard_batch(task.synthetic_batch(cfg.batch_size, 0), mesh)
-    compiled = step_fn.lower(state, batch).compile()
-    (in_state, in_batch), _ = compiled.input_shardings
+    compiled = step_fn.lower(state, batch, {}).compile()
+    (in_state, in_batch, _), _ = compiled.input_shardings
     out_state = compiled.output_shardings[0]
     for tree in (in_state, out_state):
         assert kernel(tree.params).spec == P("fsdp", "tensor")
@@ -390,7 +390,7 @@ def test_step_is_sharded_with_explicit_shardings_and_donation():
     assert in_batch["ss_latent"].spec == P(("data", "fsdp"))
     # no device stores a full copy of a large weight: every weight of >= 4096 elements is split at
     # least 2 ways, an [embed, mlp] kernel 4 ways
-    new_state, _ = compiled(state, batch)
+    new_state, _ = compiled(state, batch, {})
     for leaf in jax.tree.leaves(new_state.params):
         if leaf.size >= 4096:
             assert max(s.data.size for s in leaf.addressable_shards) <= leaf.size // 2
@@ -421,7 +421,7 @@ def test_checkpoint_from_2x2x2_restores_on_8x1x1_and_1x1x1_and_training_continue
         for x, y, s in zip(jax.tree.leaves(restored), jax.tree.leaves(states[-1]), jax.tree.leaves(shardings)):
             assert x.sharding == s
             np.testing.assert_array_equal(np.asarray(x), y)  # bit-identical
-        state, m = step_fn(restored, sh.shard_batch(batches[2], mesh))
+        state, m = step_fn(restored, sh.shard_batch(batches[2], mesh), {})
         assert int(state.step) == 3 and float(m["finite"]) == 1.0
         _assert_equivalent(cont_ref, m_ref, [jax.device_get(state)], [jax.device_get(m)])
     ckpt.close()

@@ -7,7 +7,7 @@ import pytest
 
 from trellis_jax.config_loader import apply_overrides, load_config
 from trellis_jax.training import sharding as sh
-from trellis_jax.training.trainer import TrainState, build_task, compile_train
+from trellis_jax.training.trainer import TrainState, build_task, compile_train, frozen_inputs
 
 SMALL = {
     "ss_flow": ["model.args.model_channels=32", "model.args.num_blocks=1", "optimizer.lr=1e-2"],
@@ -47,7 +47,7 @@ def test_tiny_task_learns_a_fixed_batch(name, dtype, mesh):
     init_params = jax.tree.map(np.asarray, state.params)
     losses = []
     for _ in range(STEPS):
-        state, m = step_fn(state, batch)
+        state, m = step_fn(state, batch, {})  # no frozen params (synthetic condition tokens)
         assert m["finite"] == 1.0 and np.isfinite(float(m["grad_norm"]))
         losses.append(float(m["loss"]))
     after = float(eval_loss(state.params, batch))
@@ -71,3 +71,33 @@ def test_released_training_configs_build_the_released_models(spec, count):
     task = build_task(cfg)
     shapes = jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
     assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.meta.unbox(shapes))) == count
+
+
+def test_frozen_image_encoder_runs_inside_the_step_compiled_once(mesh, compiles):
+    """cond.kind=image: the batch carries cond_image, the frozen DINOv2 runs inside the jitted step under
+    stop_gradient with its params a separate (replicated, non-trained) argument; three steps compile the
+    step once and never the encoder on its own."""
+    cfg = apply_overrides(load_config("experiments/train/ss_flow.py:tiny"), SMALL["ss_flow"] + [
+        "cond.kind=image", "cond.arch=tiny", "model.args.cond_channels=64", "batch_size=2", "init_rng_impl=rbg"])
+    task = build_task(cfg)
+    rules = sh.rules_from_config(cfg)
+    init_fn, step_fn, _ = compile_train(cfg, task, mesh, rules)
+    state = init_fn(jax.random.PRNGKey(0))
+    frozen = frozen_inputs(task, mesh, rules)
+    n_model = len(jax.tree.leaves(jax.eval_shape(task.init_params, jax.random.PRNGKey(0))))
+    assert len(jax.tree.leaves(state.params)) == n_model  # the encoder is not in the trained state
+    assert len(jax.tree.leaves(frozen)) == len(jax.tree.leaves(task.frozen_shapes())) > 0
+    assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(frozen))
+    batches = [task.synthetic_batch(2, i) for i in range(3)]
+    assert batches[0]["cond_image"].shape == (2, 70, 70, 3) and "cond" not in batches[0]
+    for b in batches:
+        state, m = step_fn(state, sh.shard_batch(b, mesh), frozen)
+        assert m["finite"] == 1.0
+    assert compiles.count("jit(step)") == 1 and compiles.count("jit(tokens)") == 0, compiles
+    key = jax.random.PRNGKey(1)
+    loss = jax.jit(lambda p, b, f: task.loss(p, b, key, f)[0])
+    b = sh.shard_batch(batches[0], mesh)
+    other = dict(b, cond_image=1.0 - b["cond_image"])
+    assert float(loss(state.params, b, frozen)) != float(loss(state.params, other, frozen))  # the image is used
+    g = jax.grad(lambda f: loss(state.params, b, f))(frozen)
+    assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(g))  # stop_gradient: no gradient reaches it

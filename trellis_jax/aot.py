@@ -16,8 +16,9 @@ and the sampler's Euler steps are loops), so FLOPs are counted on the jaxpr with
 count's loop factor (trip-counted / once-counted FLOPs). Conditionals count their costliest branch,
 so an extent-limited attention or the sampler's stage-2 size switch is estimated at full capacity.
 
-Training jobs take the condition tokens as a step input (the frozen DINOv2 / CLIP encoder runs on
-the host side of the trainer, outside the step), so the encoder is not built here.
+Training jobs with an image / text condition include the frozen DINOv2 / CLIP encoder of cfg.cond.arch
+as the trainer runs it, inside the step; its params enter as abstract arguments (the architecture's
+shapes; no weights are read), so the memory and FLOPs figures count the encoder.
 Last line: `aot: job=<name> topology=<t> chips=<n> hbm_frac=<x> est_step_s=<y> est_mfu=<z>`.
 """
 from __future__ import annotations
@@ -112,14 +113,13 @@ def train_job(cfg, devices, name: str) -> Job:
     import jax
 
     from trellis_jax.training import sharding as sh
-    from trellis_jax.training.trainer import abstract_like, build_task, compile_train
+    from trellis_jax.training.trainer import abstract_like, build_task, compile_train, frozen_inputs
 
     cfg = cfg.copy_and_resolve_references()
     lines = []
     cond = cfg.get("cond")
     if cond is not None and cond.kind in ("image", "text"):
-        lines.append(f"condition: frozen {cond.arch} {cond.kind} encoder outside the step; its tokens enter as an input")
-        cond.kind = "random"  # same token shape [tokens, cond_channels], no encoder built
+        lines.append(f"condition: frozen {cond.arch} {cond.kind} encoder inside the step (abstract weights, stop_gradient)")
     try:
         mesh = sh.make_mesh(cfg.mesh, devices)
         rules = sh.rules_from_config(cfg)
@@ -129,6 +129,7 @@ def train_job(cfg, devices, name: str) -> Job:
     init_fn, step_fn, shardings = compile_train(cfg, task, mesh, rules)
     shapes = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
     state = abstract_like(shardings, shapes)
+    frozen = frozen_inputs(task, mesh, rules, abstract=True)
     B = int(cfg.batch_size)
     shards = math.prod(mesh.shape[a] for a in sh.BATCH_AXES)
     if B % shards:
@@ -141,7 +142,7 @@ def train_job(cfg, devices, name: str) -> Job:
                     f"global batch {B} ({B // shards} per batch shard), batch_split {int(cfg.get('batch_split', 1))}; "
                     f"compute {cfg.get('compute_dtype', 'float32')}, params float32 masters; {n_params:,} params")
     lines.insert(1, "batch: " + ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in batch.items()))
-    return Job(name, "train", step_fn, (state, batch), lines, out_shardings=shardings)
+    return Job(name, "train", step_fn, (state, batch, frozen), lines, out_shardings=shardings)
 
 
 def sample_job(cfg, devices, name: str) -> Job:

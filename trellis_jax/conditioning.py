@@ -6,11 +6,16 @@ zeros. `TextConditioner` tokenizes (77 tokens) and returns CLIP's last hidden st
 condition is the encoding of "". Pretrained weights are read from local HF-format directories;
 without them a randomly initialised, frozen encoder of the requested architecture is used and
 `pretrained` is False — callers must say so (nothing falls back silently).
+
+Conditioners are immutable; each one's jitted encoder is built on first use (`functools.cached_property`,
+the codebase's one idiom for a jitted function of a frozen object) and reused by every later call, so
+encoding many batches of one shape compiles once. `tokens(params, x)` is the same computation as a
+pure function, for use inside other jitted functions (the trainer's step).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -61,7 +66,7 @@ def preprocess_image(image: Image.Image, size: int) -> np.ndarray:
     return rgba[..., :3] * rgba[..., 3:4]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True, eq=False)
 class ImageConditioner:
     model: DINOv2
     params: Any
@@ -72,9 +77,17 @@ class ImageConditioner:
     def image_size(self) -> int:
         return self.model.config.image_size
 
+    def tokens(self, params, images: jax.Array) -> jax.Array:
+        """Pure: images [B, S, S, 3] preprocessed (float in [0, 1]) -> tokens [B, T, C] float32."""
+        return image_condition(self.model, params, images)
+
+    @functools.cached_property
+    def _encode(self):
+        return jax.jit(self.tokens)
+
     def encode_arrays(self, images: np.ndarray) -> jax.Array:
-        """[B, S, S, 3] preprocessed -> [B, T, C]."""
-        return jax.jit(lambda p, x: image_condition(self.model, p, x))(self.params, jnp.asarray(images))
+        """[B, S, S, 3] preprocessed -> [B, T, C] (jitted once per conditioner; per input shape)."""
+        return self._encode(self.params, jnp.asarray(images, jnp.float32))
 
     def __call__(self, images: Sequence[Image.Image]) -> jax.Array:
         return self.encode_arrays(np.stack([preprocess_image(im, self.image_size) for im in images]))
@@ -84,7 +97,7 @@ class ImageConditioner:
         return jnp.zeros((batch, cfg.num_tokens, cfg.hidden_size), jnp.float32)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True, eq=False)
 class TextConditioner:
     model: CLIPTextEncoder
     params: Any
@@ -92,17 +105,51 @@ class TextConditioner:
     pretrained: bool
     description: str
 
+    def tokens(self, params, input_ids: jax.Array) -> jax.Array:
+        """Pure: token ids int32 [B, 77] -> last hidden state [B, 77, C] float32."""
+        return text_condition(self.model, params, input_ids)
+
+    @functools.cached_property
+    def _encode(self):
+        return jax.jit(self.tokens)
+
+    def token_ids(self, texts: Sequence[str]) -> np.ndarray:
+        """Host-side tokenisation: texts -> int32 [B, 77]."""
+        return np.asarray(self.tokenizer([str(t) for t in texts]), np.int32)
+
     def __call__(self, texts: Sequence[str]) -> jax.Array:
-        return jax.jit(lambda p, ids: text_condition(self.model, p, ids))(self.params, jnp.asarray(self.tokenizer(list(texts))))
+        """texts -> [B, 77, C] (jitted once per conditioner; per batch size)."""
+        return self._encode(self.params, jnp.asarray(self.token_ids(texts)))
 
     def negative(self, batch: int) -> jax.Array:
         return jnp.repeat(self([""]), batch, axis=0)
 
 
-def _random_params(model, example, seed):
+IMAGE_ARCHS = {"vitl14_reg": VITL14_REG, "tiny": TINY_DINOV2}
+TEXT_ARCHS = {"vitl14": CLIP_VIT_L14_TEXT, "tiny": TINY_CLIP}
+
+
+def encoder_module(kind: str, arch: str):
+    """The frozen encoder network of a condition: 'image' -> DINOv2(IMAGE_ARCHS[arch]), 'text' -> CLIP text."""
+    archs = {"image": IMAGE_ARCHS, "text": TEXT_ARCHS}[kind]
+    if arch not in archs:
+        raise ValueError(f"unknown {kind} encoder arch {arch!r}; choose from {sorted(archs)}")
+    return DINOv2(archs[arch]) if kind == "image" else CLIPTextEncoder(archs[arch])
+
+
+def example_input(model) -> jax.Array:
+    """A batch-1 input of the encoder (image [1, S, S, 3] or token ids [1, 77])."""
+    if isinstance(model, DINOv2):
+        return jnp.zeros((1, model.config.image_size, model.config.image_size, 3), jnp.float32)
+    return jnp.zeros((1, 77), jnp.int32)
+
+
+def random_params(model, seed: int, abstract: bool = False):
+    """Randomly initialised (unboxed) encoder params; `abstract`: only their ShapeDtypeStructs (no compute)."""
     import flax.linen as nn
 
-    return nn.meta.unbox(model.init(jax.random.PRNGKey(seed), example))
+    init = lambda: nn.meta.unbox(model.init(jax.random.PRNGKey(seed), example_input(model)))
+    return jax.eval_shape(init) if abstract else init()
 
 
 def load_image_conditioner(weights: str | Path | None = None, arch: str = "vitl14_reg", seed: int = 0) -> ImageConditioner:
@@ -112,9 +159,8 @@ def load_image_conditioner(weights: str | Path | None = None, arch: str = "vitl1
 
         model, params = load_dinov2(weights)
         return ImageConditioner(model, params, True, f"DINOv2 from {weights}")
-    cfg = {"vitl14_reg": VITL14_REG, "tiny": TINY_DINOV2}[arch]
-    model = DINOv2(cfg)
-    params = _random_params(model, jnp.zeros((1, cfg.image_size, cfg.image_size, 3)), seed)
+    model = encoder_module("image", arch)
+    params = random_params(model, seed)
     return ImageConditioner(model, params, False, f"RANDOM frozen DINOv2 ({arch}, seed {seed}); no pretrained weights given")
 
 
@@ -128,9 +174,8 @@ def load_text_conditioner(weights: str | Path | None = None, arch: str = "vitl14
 
         model, params = load_clip_text(weights)
         return TextConditioner(model, params, tok, True, f"CLIP text from {weights}")
-    cfg = {"vitl14": CLIP_VIT_L14_TEXT, "tiny": TINY_CLIP}[arch]
-    model = CLIPTextEncoder(cfg)
-    params = _random_params(model, jnp.zeros((1, 77), jnp.int32), seed)
+    model = encoder_module("text", arch)
+    params = random_params(model, seed)
     return TextConditioner(model, params, tok, False, f"RANDOM frozen CLIP text ({arch}, seed {seed}); no pretrained weights given")
 
 

@@ -41,16 +41,7 @@ class EncoderLayer(nn.Module):
         norm = lambda name: nn.LayerNorm(self.eps, dtype=jnp.float32, param_dtype=jnp.float32, name=name)
         h = norm("norm1")(x).astype(self.dtype)
         q, k, v = (dense(C, n)(h).reshape(B, L, H, C // H) for n in ("q_proj", "k_proj", "v_proj"))
-        if self.causal:
-            seg = jnp.zeros((B, L), jnp.int32)
-            allowed = jnp.tril(jnp.ones((L, L), bool))
-            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(C // H))
-            logits = jnp.where(allowed, logits, -1e30)
-            p = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-            a = jnp.einsum("bhqk,bkhd->bqhd", p, v)
-            del seg
-        else:
-            a = dense_attention(q, k, v)
+        a = dense_attention(q, k, v, causal=self.causal)
         a = dense(C, "o_proj")(a.reshape(B, L, C))
         if self.layer_scale:
             a = a * self.param("ls1", nn.initializers.ones, (C,), jnp.float32).astype(a.dtype)

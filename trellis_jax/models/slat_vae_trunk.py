@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from trellis_jax.modules.layers import linear
 from trellis_jax.modules.transformer import TransformerBlock
-from trellis_jax.sparse.attention import full_layout, window_layout
+from trellis_jax.sparse.attention import full_layout, swin_layout
 from trellis_jax.sparse.pos_embed import absolute_position_embedding
 from trellis_jax.sparse.tensor import SparseTensor, masked
 
@@ -57,7 +57,7 @@ class SLatVAEBase(nn.Module):
             raise NotImplementedError(f"pe_mode {self.pe_mode!r} is not used by released SLat VAEs")
         h = masked(h, x.mask).astype(self.dtype)
         if self.attn_mode == "swin":
-            layouts = [window_layout(x.coords, x.mask, self.window_size, s) for s in (0, self.window_size // 2)]
+            layouts = [swin_layout(x.coords, x.mask, self.window_size, i) for i in (0, 1)]  # block i uses layouts[i % 2]
         elif self.attn_mode == "full":
             layouts = [full_layout(x.mask)] * 2
         else:

@@ -2,10 +2,10 @@
 
 Self-attention over tokens x [B, L, C]: `layout=None` is dense full attention (every token valid);
 an `AttentionLayout` restricts attention to groups (per-sample full or 3D windows) of padded voxel
-tokens. Dense self- and cross-attention whose [B, H, L, Lk] logits would exceed `MAX_LOGITS`
-elements run `QUERY_CHUNK` queries at a time (`query_chunked_attention`): G_S's 4096² self-attention
-and cross-attention to 1374 image tokens never materialise their logits; small ones (77 text tokens)
-stay one fused product, which XLA schedules better than a loop. Key layout: `to_qkv` (q|k|v blocks, head-major), `to_q`, `to_kv` (k|v), `to_out`,
+tokens. Dense self-attention and every cross-attention go through `sparse.attention.cross_attention`,
+which runs a chunk of queries at a time where the [B, H, L, Lk] logits would be large (G_S's 4096²
+self-attention, cross-attention to 1374 image tokens) and one fused product where they are small
+(77 text tokens), which XLA schedules better than a loop. Key layout: `to_qkv` (q|k|v blocks, head-major), `to_q`, `to_kv` (k|v), `to_out`,
 optional `q_rms_norm` / `k_rms_norm`.
 """
 from __future__ import annotations
@@ -17,20 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from trellis_jax.modules.layers import RMSNormPerHead, linear
-from trellis_jax.sparse.attention import AttentionLayout, query_chunked_attention, sparse_self_attention
+from trellis_jax.sparse.attention import AttentionLayout, cross_attention, sparse_self_attention
 
 Dtype = Any
-# Queries per chunk of dense attention: [B, H, 512, Lk] f32 logits per step (G_S: 96 MiB at H=12),
-# used when the whole logits tensor would hold more than MAX_LOGITS elements (256 MiB in f32).
-QUERY_CHUNK = 512
-MAX_LOGITS = 2**26
-
-
-def _attend(q, k, v):
-    """q [B, L, H, D], k/v [B, Lk, H, D] -> [B, L, H, D], chunked over queries when the logits are large."""
-    B, L, H, _ = q.shape
-    chunk = QUERY_CHUNK if B * H * L * k.shape[1] > MAX_LOGITS else L
-    return query_chunked_attention(q, k, v, chunk_size=chunk)
 
 
 class SelfAttention(nn.Module):
@@ -53,7 +42,7 @@ class SelfAttention(nn.Module):
             q = RMSNormPerHead(name="q_rms_norm")(q)
             k = RMSNormPerHead(name="k_rms_norm")(k)
         if layout is None:
-            out = _attend(q, k, v)
+            out = cross_attention(q, k, v)  # dense: all tokens attend to all
         else:
             out = sparse_self_attention(q, k, v, layout, impl=self.attn_impl)
         out = out.reshape(B, L, self.channels)
@@ -80,5 +69,5 @@ class CrossAttention(nn.Module):
         if self.qk_rms_norm:
             q = RMSNormPerHead(name="q_rms_norm")(q)
             k = RMSNormPerHead(name="k_rms_norm")(k)
-        out = _attend(q, k, v).reshape(B, L, self.channels)
+        out = cross_attention(q, k, v).reshape(B, L, self.channels)
         return linear(self.channels, ("qkv", "embed"), "to_out", self.dtype)(out)

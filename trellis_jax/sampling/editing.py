@@ -10,6 +10,7 @@ paper's exact TRELLIS settings are unpublished (docs/reference_facts.md#editing)
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -93,24 +94,30 @@ def repaint(velocity_fn, x_known, known_mask, cond, neg_cond, cfg: SamplerConfig
     return jnp.where(known_mask, x_known, x)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
 class Editor:
-    """Editing operations on a `TrellisPipeline` (batched, jitted per call signature)."""
+    """Editing operations on a `TrellisPipeline` (batched). Both the editor and the pipeline are
+    immutable, so each operation is one jitted function built on first use (`functools.cached_property`,
+    as `TrellisPipeline.jitted`); it compiles once per input shapes and `resolution` (static).
+    Keep one Editor per pipeline: another one compiles its own."""
 
-    def __init__(self, pipeline: TrellisPipeline, repaint_config: RePaintConfig = RePaintConfig()):
-        self.pipe = pipeline
-        self.rp = repaint_config
+    pipe: TrellisPipeline
+    rp: RePaintConfig = RePaintConfig()
 
     def variation(self, coords, mask, cond, neg_cond, seeds, resolution: int = 64) -> dict:
         """Detail variation: keep the structure (coords [B, L, 3], mask [B, L]); resample stage 2 under `cond`."""
+        return self._variation(self.pipe.params(), coords, mask, cond, neg_cond, jnp.asarray(np.atleast_1d(seeds)), resolution)
+
+    @functools.cached_property
+    def _variation(self):
         p = self.pipe
 
-        @jax.jit
-        def run(params, coords, mask, cond, neg_cond, seeds):
+        def variation(params, coords, mask, cond, neg_cond, seeds, resolution):
             keys = seed_keys(seeds)
             lat = p.denormalize(p.sample_latents(params, coords, mask, cond, neg_cond, keys, False, resolution), mask)
             return {"coords": coords, "mask": mask, "latents": lat, **p.decode(params, coords, mask, lat, resolution)}
 
-        return run(p.params(), coords, mask, cond, neg_cond, jnp.asarray(np.atleast_1d(seeds)))
+        return jax.jit(variation, static_argnums=(6,))
 
     def edit_region(self, ss_latent, coords, mask, latents, box_lo, box_hi, cond, neg_cond, seeds, resolution: int = 64) -> dict:
         """Regenerate the voxels inside the box [box_lo, box_hi) (64³ voxel indices) under `cond`.
@@ -119,20 +126,26 @@ class Editor:
         keeps the old voxels outside the box. Stage 2 repaints latents: voxels outside the box that
         existed before keep their (de-normalised) latents; the rest are generated.
         """
+        box = jnp.asarray(np.stack([np.asarray(box_lo), np.asarray(box_hi)]), jnp.int32)
+        return self._edit_region(self.pipe.params(), ss_latent, coords, mask, latents, box, cond, neg_cond,
+                                 jnp.asarray(np.atleast_1d(seeds)), resolution)
+
+    @functools.cached_property
+    def _edit_region(self):
         p = self.pipe
         flow_s = p.module("sparse_structure_flow_model")
         dec = p.module("sparse_structure_decoder")
         flow_l = p.module("slat_flow_model")
         r = flow_s.resolution
-        scale = resolution // r
 
-        @jax.jit
-        def run(params, ss_latent, coords, mask, latents, cond, neg_cond, seeds):
+        def edit_region(params, ss_latent, coords, mask, latents, box, cond, neg_cond, seeds, resolution):
+            box_lo, box_hi = box[0], box[1]
+            scale = resolution // r
             keys = seed_keys(seeds)
             B = ss_latent.shape[0]
             grid = jnp.stack(jnp.meshgrid(*(jnp.arange(r),) * 3, indexing="ij"), -1)
-            lo_c = jnp.asarray(box_lo) // scale
-            hi_c = -(-jnp.asarray(box_hi) // scale)
+            lo_c = box_lo // scale
+            hi_c = -(-box_hi // scale)
             inside_c = box_mask(grid, lo_c, hi_c)[None, ..., None]
             vel_s = lambda x, t, c: flow_s.apply(params["sparse_structure_flow_model"], x, t, c)
             z = repaint(vel_s, ss_latent, ~inside_c, cond, neg_cond, p.ss_sampler, self.rp, keys[0])
@@ -141,7 +154,7 @@ class Editor:
             old_occ = jnp.zeros(logits.shape[:4], bool)
             old_occ = jax.vmap(lambda o, c, m: o.at[c[:, 0], c[:, 1], c[:, 2]].max(m))(old_occ, coords, mask)
             g64 = jnp.stack(jnp.meshgrid(*(jnp.arange(logits.shape[1]),) * 3, indexing="ij"), -1)
-            inside = box_mask(g64, jnp.asarray(box_lo), jnp.asarray(box_hi))[None]
+            inside = box_mask(g64, box_lo, box_hi)[None]
             occ = jnp.where(inside, logits[..., 0] > 0, old_occ)
             new_coords, new_mask, counts = occupancy_to_coords(occ, coords.shape[1])
             # known latents: new voxels outside the box that existed before
@@ -155,7 +168,7 @@ class Editor:
                 return found, lat[order][pos]
 
             found, known_lat = jax.vmap(lookup)(new_coords, new_mask, coords, mask, norm)
-            known = found & ~box_mask(new_coords, jnp.asarray(box_lo), jnp.asarray(box_hi))
+            known = found & ~box_mask(new_coords, box_lo, box_hi)
 
             def vel_l(x, t, c):
                 n = x.shape[0] // B
@@ -167,4 +180,4 @@ class Editor:
             return {"ss_latent": z, "coords": new_coords, "mask": new_mask, "num_voxels": counts, "latents": lat,
                     "known": known, **p.decode(params, new_coords, new_mask, lat, resolution)}
 
-        return run(p.params(), ss_latent, coords, mask, latents, cond, neg_cond, jnp.asarray(np.atleast_1d(seeds)))
+        return jax.jit(edit_region, static_argnums=(9,))

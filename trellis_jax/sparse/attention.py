@@ -101,15 +101,18 @@ def _masked_softmax_attend(q, k, v, allowed, scale):
     return jnp.einsum("...hqk,...khd->...qhd", p.astype(v.dtype), v, preferred_element_type=jnp.float32).astype(q.dtype)
 
 
-def dense_attention(q, k, v, q_segments=None, kv_segments=None, scale=None):
+def dense_attention(q, k, v, q_segments=None, kv_segments=None, scale=None, causal: bool = False):
     """Plain multi-head attention q [B, Lq, H, D], k/v [B, Lk, H, D] -> [B, Lq, H, D].
 
     With segment ids ([B, Lq], [B, Lk]; kv defaults to q's), a query attends only to keys of the
     same non-negative id; queries of id -1 get output 0. With kv_segments alone, every query
-    attends to the keys of non-negative id (a key padding mask).
+    attends to the keys of non-negative id (a key padding mask). `causal`: query i attends to keys
+    j <= i only (CLIP's text tower).
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     q, k, v, allowed = _apply_segments(q, k, v, q_segments, kv_segments)
+    if causal:
+        allowed = allowed & jnp.tril(jnp.ones(allowed.shape[-2:], bool))
     return _masked_softmax_attend(q, k, v, allowed, scale)
 
 
@@ -312,8 +315,22 @@ def sparse_self_attention(q, k, v, layout: AttentionLayout, *, impl: str = "xla"
     raise ValueError(f"unknown attention impl {impl!r} (expected 'xla' or 'pallas')")
 
 
-def cross_attention(q, k, v, chunk_size: int = 1024):
-    """Voxel queries q [B, L, H, D] attend to that sample's dense condition k/v [B, Lc, H, D]
-    -> [B, L, H, D], `chunk_size` queries at a time. Padding queries get an ordinary (finite)
-    output; mask it where the invariant needs zero padding rows."""
+# Queries per chunk of dense attention: [B, H, 512, Lk] f32 logits per step (G_S: 96 MiB at H=12),
+# used when the whole logits tensor would hold more than MAX_LOGITS elements (256 MiB in f32).
+QUERY_CHUNK = 512
+MAX_LOGITS = 2**26
+
+
+def cross_attention(q, k, v, chunk_size: int | None = None):
+    """Every query q [B, L, H, D] attends to every key of its sample k/v [B, Lk, H, D] -> [B, L, H, D]:
+    the one path of cross-attention (voxel or dense-grid tokens to the condition tokens) and of dense
+    self-attention (k, v from the queries' own tokens) in every network.
+
+    `chunk_size` None: one fused product while the [B, H, L, Lk] logits hold at most MAX_LOGITS
+    elements (77 text tokens), else QUERY_CHUNK queries at a time (`query_chunked_attention`: G_S's
+    4096² self-attention and cross-attention to 1374 image tokens never materialise their logits).
+    Padding queries get an ordinary (finite) output; mask it where the invariant needs zero padding rows."""
+    if chunk_size is None:
+        B, L, H, _ = q.shape
+        chunk_size = QUERY_CHUNK if B * H * L * k.shape[1] > MAX_LOGITS else L
     return query_chunked_attention(q, k, v, chunk_size=chunk_size)

@@ -38,7 +38,8 @@ class SyntheticBatches:
 
 
 class GrainBatches:
-    """A grain DataLoader iterator, each batch passed through task.prepare (frozen condition encoder)."""
+    """A grain DataLoader iterator, each batch passed through task.prepare (host-side conversion only;
+    a frozen condition encoder runs inside the train step)."""
 
     def __init__(self, task, local_batch: int, seed: int):
         self.task = task

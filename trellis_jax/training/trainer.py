@@ -3,7 +3,8 @@
     task = build_task(cfg)
     init_fn, step_fn, shardings = compile_train(cfg, task, mesh, rules)
     state = init_fn(jax.random.PRNGKey(cfg.seed))          # TrainState placed with `shardings`
-    state, metrics = step_fn(state, shard_batch(batch, mesh))
+    frozen = frozen_inputs(task, mesh, rules)               # non-trained params (frozen condition encoder)
+    state, metrics = step_fn(state, shard_batch(batch, mesh), frozen)
     run(cfg, workdir)                                       # the whole loop, resuming from workdir
 
 Step s (0-based) uses rng fold_in(state.rng, s) and the s-th batch of the data iterator; a step whose
@@ -25,7 +26,8 @@ from flax import struct
 from trellis_jax.training import sharding as sh
 from trellis_jax.training.optimizer import clip_stats, ema_update, lr_schedule, make_optimizer
 
-__all__ = ["TrainState", "build_task", "make_optimizer", "compile_train", "accumulated_grad", "abstract_like", "run", "NonFiniteError"]
+__all__ = ["TrainState", "build_task", "make_optimizer", "compile_train", "frozen_inputs", "accumulated_grad", "abstract_like",
+           "run", "NonFiniteError"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -90,11 +92,29 @@ def accumulated_grad(loss_fn, batch_split: int, mesh):
     return grad_fn
 
 
+def frozen_inputs(task, mesh, rules, abstract: bool = False):
+    """The task's non-trained params (`task.frozen_params()`, e.g. a frozen condition encoder; {} when
+    none) placed for the step: sharded by the rules table like the state (unannotated leaves are
+    replicated). They are an argument of the step, never in the state, optimizer or checkpoint.
+    `abstract`: ShapeDtypeStructs with those shardings (ahead-of-time lowering), nothing loaded."""
+    shapes = task.frozen_shapes()
+    shardings = sh.tree_shardings(shapes, mesh, rules)
+    if abstract:
+        return abstract_like(shardings, shapes)
+
+    def place(s, x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
+
+    return jax.tree.map(place, shardings, task.frozen_params())
+
+
 def compile_train(cfg, task, mesh, rules):
     """(init_fn, step_fn, state_shardings) for `task` on `mesh` with logical-axis `rules`.
 
-    init_fn(rng) -> TrainState (unboxed, placed with state_shardings); step_fn(state, batch) ->
-    (state, metrics) jitted with explicit in/out shardings and the state donated. metrics: loss,
+    init_fn(rng) -> TrainState (unboxed, placed with state_shardings); step_fn(state, batch, frozen) ->
+    (state, metrics) jitted with explicit in/out shardings and the state donated; `frozen` is
+    `frozen_inputs(task, mesh, rules)` (the loss's non-trained params, no gradient). metrics: loss,
     task metrics, grad_norm, clip_threshold, finite (1.0 / 0.0). cfg.batch_split (default 1)
     accumulates gradients over that many micro-batches (`accumulated_grad`)."""
     tx = make_optimizer(cfg)
@@ -117,10 +137,14 @@ def compile_train(cfg, task, mesh, rules):
 
     init_fn = jax.jit(lambda rng: nn.meta.unbox(boxed_state(rng)), out_shardings=state_shardings)
 
-    grad_fn = accumulated_grad(task.loss, int(cfg.get("batch_split", 1)), mesh)
+    frozen_shardings = sh.tree_shardings(task.frozen_shapes(), mesh, rules)
+    batch_split = int(cfg.get("batch_split", 1))
+    if batch_split < 1:
+        raise ValueError(f"config batch_split must be >= 1, got {batch_split}")
 
-    def step(state: TrainState, batch):
+    def step(state: TrainState, batch, frozen):
         rng = jax.random.fold_in(state.rng, state.step)
+        grad_fn = accumulated_grad(lambda p, b, r: task.loss(p, b, r, frozen), batch_split, mesh)
         (loss, metrics), grads = grad_fn(state.params, batch, rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), state.params, updates)
@@ -132,8 +156,8 @@ def compile_train(cfg, task, mesh, rules):
         out = {"loss": loss, **metrics, **stats, "finite": finite.astype(jnp.float32)}
         return new, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), out)
 
-    step_fn = jax.jit(step, in_shardings=(state_shardings, data_sharding), out_shardings=(state_shardings, replicated),
-                      donate_argnums=0)
+    step_fn = jax.jit(step, in_shardings=(state_shardings, data_sharding, frozen_shardings),
+                      out_shardings=(state_shardings, replicated), donate_argnums=0)
     return init_fn, step_fn, state_shardings
 
 
@@ -180,6 +204,7 @@ def _run(cfg, workdir: Path, log) -> dict:
     if getattr(task, "cond", None) is not None:
         log(f"train: condition: {task.cond.description}")
     init_fn, step_fn, shardings = compile_train(cfg, task, mesh, rules)
+    frozen = frozen_inputs(task, mesh, rules)
     batches = make_batches(cfg, task)
     ckpt = Checkpointer(workdir / "checkpoints", keep=int(cfg.keep_checkpoints), async_save=bool(cfg.async_checkpoints))
     logger = MetricsLogger(workdir)
@@ -207,7 +232,7 @@ def _run(cfg, workdir: Path, log) -> dict:
         host_batch = next(batches)
         batch = sh.shard_batch(host_batch, mesh)
         t0 = time.perf_counter()
-        compiled = step_fn.lower(state, batch).compile()
+        compiled = step_fn.lower(state, batch, frozen).compile()
         compile_s = time.perf_counter() - t0
         logger.scalars(start, {"compile_seconds": compile_s}, prefix="perf")
         log(f"train: step compiled in {compile_s:.1f}s")
@@ -247,7 +272,7 @@ def _run(cfg, workdir: Path, log) -> dict:
                 host_batch = next(batches)
                 batch = sh.shard_batch(host_batch, mesh)
             tokens = task.tokens_per_batch(host_batch) * jax.process_count()
-            state, metrics = compiled(state, batch)
+            state, metrics = compiled(state, batch, frozen)
             if pending is not None:
                 finish(*pending)
             pending = (s, metrics, tokens)

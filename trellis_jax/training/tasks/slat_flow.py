@@ -1,7 +1,7 @@
 """G_L task: rectified flow on sparse structured latents padded to a static capacity.
 
 Batch: coords int32 [B, L, 3], feats float32 [B, L, 8] (latents standardised per channel with
-cfg.slat_normalization, docs/reference_facts.md#slat-normalisation), mask bool [B, L] (valid rows first), cond [B, Lc, Cc].
+cfg.slat_normalization, docs/reference_facts.md#slat-normalisation), mask bool [B, L] (valid rows first), and the condition inputs (see `Condition`).
 The loss is the MSE over the valid rows' features of the whole batch (pooled, as the reference).
 Grain data: stage 'slat_flow' (make_loader standardises with the same mean/std; one bucket = L).
 """
@@ -27,10 +27,10 @@ class SLatFlowTask(FlowTask):
         self._code_basis = g.standard_normal((CODE_DIM, self.channels)).astype(np.float32) / np.sqrt(CODE_DIM)
         self._freq = g.uniform(0.1, 0.4, (3, self.channels)).astype(np.float32)
 
-    def loss(self, params, batch, rng):
+    def loss(self, params, batch, rng, frozen=None):
         coords, mask = batch["coords"], batch["mask"]
         vel = lambda x, t, c: self.model.apply(params, SparseTensor(coords, x, mask, self.resolution), t, c).feats
-        loss = self.flow_loss(vel, batch["feats"], batch["cond"], rng, mask=mask)
+        loss = self.flow_loss(vel, batch["feats"], batch, frozen, rng, mask=mask)
         return loss, {}
 
     def synthetic_batch(self, batch_size, rng):
@@ -50,18 +50,15 @@ class SLatFlowTask(FlowTask):
             pattern = code[b] @ self._code_basis + np.sin(xyz @ self._freq)
             raw = self.mean + self.std * pattern
             coords[b, :n], feats[b, :n], mask[b, :n] = xyz, (raw - self.mean) / self.std, True
-        return {"coords": coords, "feats": feats, "mask": mask, "cond": self.cond.synthetic(code)}
+        return {"coords": coords, "feats": feats, "mask": mask, **self.cond.synthetic(code)}
 
     def tokens_per_batch(self, batch):
         return int(np.sum(batch["mask"]))
 
     def grain_kwargs(self):
-        kw = {"cond": self.cond.kind, "buckets": (self.capacity,), "max_voxels": self.capacity, "resolution": self.resolution,
-              "slat_normalization": (self.mean, self.std)}
-        if self.cond.kind == "image":
-            kw["cond_image_size"] = self.cond.encoder.image_size
-        return kw
+        return {**self.cond.grain_kwargs(), "buckets": (self.capacity,), "max_voxels": self.capacity,
+                "resolution": self.resolution, "slat_normalization": (self.mean, self.std)}
 
     def prepare(self, batch):
         return {"coords": np.asarray(batch["coords"], np.int32), "feats": np.asarray(batch["feats"], np.float32),
-                "mask": np.asarray(batch["mask"], bool), "cond": self.cond.encode(batch)}
+                "mask": np.asarray(batch["mask"], bool), **self.cond.host_inputs(batch)}

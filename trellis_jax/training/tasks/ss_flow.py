@@ -1,8 +1,8 @@
 """G_S task: rectified flow on dense sparse-structure latents [B, R, R, R, 8] (R = 16; tiny: 8).
 
 Batch: ss_latent float32 [B, R, R, R, C] (SS-VAE posterior means, unnormalised as the reference),
-cond float32 [B, Lc, Cc]. Grain data: stage 'ss_flow' of an encoded latent dataset, condition tokens
-from the frozen encoder (`prepare`).
+and the condition inputs (`cond` tokens [B, Lc, Cc], or `cond_image` / `input_ids` for the frozen
+encoder inside the step; see `Condition`). Grain data: stage 'ss_flow' of an encoded latent dataset.
 """
 from __future__ import annotations
 
@@ -22,29 +22,23 @@ class SSFlowTask(FlowTask):
         f = max(r // 4, 1)
         self._basis = coarse.repeat(f, 1).repeat(f, 2).repeat(f, 3)[:, :r, :r, :r] / np.sqrt(CODE_DIM)
 
-    def loss(self, params, batch, rng):
+    def loss(self, params, batch, rng, frozen=None):
         vel = lambda x, t, c: self.model.apply(params, x, t, c)
-        return self.flow_loss(vel, batch["ss_latent"], batch["cond"], rng), {}
+        return self.flow_loss(vel, batch["ss_latent"], batch, frozen, rng), {}
 
     def synthetic_batch(self, batch_size, rng):
         g = np_rng(rng)
         code = g.standard_normal((batch_size, CODE_DIM)).astype(np.float32)
         x0 = np.einsum("bk,kxyzc->bxyzc", code, self._basis) + 0.05 * g.standard_normal(
             (batch_size,) + self._basis.shape[1:]).astype(np.float32)
-        return {"ss_latent": x0.astype(np.float32), "cond": self.cond.synthetic(code)}
+        return {"ss_latent": x0.astype(np.float32), **self.cond.synthetic(code)}
 
     def tokens_per_batch(self, batch):
         return int(batch["ss_latent"].shape[0] * self.resolution**3)
-
-    def grain_kwargs(self):
-        kw = {"cond": self.cond.kind}
-        if self.cond.kind == "image":
-            kw["cond_image_size"] = self.cond.encoder.image_size
-        return kw
 
     def prepare(self, batch):
         x = np.asarray(batch["ss_latent"], np.float32)
         if x.shape[1:] != (self.resolution,) * 3 + (self.channels,):
             raise ValueError(f"dataset ss_latent has shape {x.shape[1:]}, the model expects "
                              f"{(self.resolution,) * 3 + (self.channels,)} (model.args.resolution/in_channels)")
-        return {"ss_latent": x, "cond": self.cond.encode(batch)}
+        return {"ss_latent": x, **self.cond.host_inputs(batch)}

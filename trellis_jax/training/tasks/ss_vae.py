@@ -32,7 +32,7 @@ class SSVAETask(Task):
         return {"encoder": self.encoder.init(k1, *dummy_inputs(self.encoder)),
                 "decoder": self.decoder.init(k2, *dummy_inputs(self.decoder))}
 
-    def loss(self, params, batch, rng):
+    def loss(self, params, batch, rng, frozen=None):
         w = self.cfg.loss
         x = batch["occupancy"]
         z, mean, logvar = self.encoder.apply(params["encoder"], x, sample_posterior=True, rng=rng)
