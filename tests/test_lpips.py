@@ -58,12 +58,19 @@ def _numpy_lpips(vgg, lin, a, b):
 
 
 def test_lpips_matches_numpy_reference_on_random_weights(tmp_path):
+    """Weights as the real files are laid out: torchvision's VGG16 and lpips' vgg.pth (legacy and zip torch.save)."""
+    from tests import torch_pickle_writer
+
     vgg, lin = _random_state_dicts()
-    np.savez(tmp_path / "vgg16.npz", **vgg)
+    torch_pickle_writer.save_arrays(vgg, tmp_path / "vgg16-397923af.pth", legacy=True)
+    torch_pickle_writer.save_arrays(lin, tmp_path / "vgg.pth", legacy=False)
+    params = L.load_lpips(tmp_path / "vgg16-397923af.pth", tmp_path / "vgg.pth")
     from safetensors.numpy import save_file
 
+    np.savez(tmp_path / "vgg16.npz", **vgg)
     save_file(lin, str(tmp_path / "lin.safetensors"))
-    params = L.load_lpips(tmp_path / "vgg16.npz", tmp_path / "lin.safetensors")
+    same_params = L.load_lpips(tmp_path / "vgg16.npz", tmp_path / "lin.safetensors")
+    assert jax.tree.all(jax.tree.map(lambda x, y: bool((x == y).all()), params, same_params))
     rng = np.random.default_rng(1)
     a = rng.uniform(-1, 1, (2, 3, 34, 36)).astype(np.float32)  # odd pooled sizes exercise floor pooling
     b = np.clip(a + 0.3 * rng.standard_normal(a.shape), -1, 1).astype(np.float32)
@@ -91,7 +98,7 @@ def test_reconstruction_loss_adds_lpips_term(tmp_path, capsys):
     assert float(terms["lpips"]) > 0 and "lpips" not in terms_plain
 
 
-@pytest.mark.parametrize("problem", ["missing", "shape", "negative", "format"])
+@pytest.mark.parametrize("problem", ["missing", "shape", "negative", "format", "corrupt_pth"])
 def test_bad_lpips_weights_name_the_file(tmp_path, problem):
     vgg, lin = _random_state_dicts()
     if problem == "missing":
@@ -102,7 +109,7 @@ def test_bad_lpips_weights_name_the_file(tmp_path, problem):
         lin["lin2.model.1.weight"] = -lin["lin2.model.1.weight"]
     np.savez(tmp_path / "vgg.npz", **vgg)
     np.savez(tmp_path / "lin.npz", **lin)
-    backbone = tmp_path / ("vgg.pth" if problem == "format" else "vgg.npz")
+    backbone = tmp_path / {"format": "vgg.bin", "corrupt_pth": "vgg.pth"}.get(problem, "vgg.npz")
     backbone.touch()
     with pytest.raises(L.LPIPSWeightsError, match=str(tmp_path)):
         L.load_lpips(backbone, tmp_path / "lin.npz")

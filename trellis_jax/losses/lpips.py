@@ -8,10 +8,10 @@ per-pixel channel norm (+1e-10); w_l: non-negative 1×1 "linear" weights [C_l]. 
 
 Weights (no download here): the VGG16 backbone from a torchvision state dict (`features.{i}.weight`
 [O, I, 3, 3], `features.{i}.bias`) and the linear layers from the `lpips` package's `weights/v0.1/vgg.pth`
-layout (`lin{k}.model.1.weight` [1, C, 1, 1]). Both are read as `.safetensors` or `.npz` with those key
-names; PyTorch `.pth` pickles are not read (convert them once with torch: save the state dict's tensors
-as numpy into an npz). `load_lpips_fn` returns None and prints that the loss falls back to L1 + SSIM when
-no backbone is given.
+layout (`lin{k}.model.1.weight` [1, C, 1, 1]). Both are read as the PyTorch `.pth` files themselves
+(`trellis_jax.checkpoints.torch_pth`, no torch needed), or as `.safetensors` / `.npz` with those key
+names. `load_lpips_fn` returns None and prints that the loss falls back to L1 + SSIM when no backbone
+is given.
 """
 from __future__ import annotations
 
@@ -78,6 +78,10 @@ def _read_tensors(path: Path) -> dict[str, np.ndarray]:
     if not path.exists():
         raise LPIPSWeightsError(f"{path}: file not found")
     try:
+        if path.suffix in (".pth", ".pt"):
+            from trellis_jax.checkpoints.torch_pth import read_torch_state_dict
+
+            return read_torch_state_dict(path)
         if path.suffix == ".safetensors":
             from safetensors.numpy import load_file
 
@@ -88,8 +92,7 @@ def _read_tensors(path: Path) -> dict[str, np.ndarray]:
     except Exception as e:  # truncated / corrupt / pickled
         raise LPIPSWeightsError(f"{path}: cannot read ({type(e).__name__}: {e})") from e
     raise LPIPSWeightsError(
-        f"{path}: unsupported format {path.suffix!r}; give .safetensors or .npz with the torch key names "
-        "(PyTorch .pth pickles are not read: convert once with torch)"
+        f"{path}: unsupported format {path.suffix!r}; give the .pth file, or .safetensors / .npz with the torch key names"
     )
 
 
