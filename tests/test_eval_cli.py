@@ -1,6 +1,7 @@
-"""`trellis-jax eval` end to end on a tiny built dataset (2 procedural assets, 4 stored 64² views) with
-random networks: the table, metrics.json, metrics.csv and grids appear and agree with each other; bad
-input is one error line."""
+"""`trellis-jax eval`: output writers and ground-truth views (fast), bad input is one error line (fast),
+and end to end on a tiny built dataset (2 procedural assets, 4 stored 64² views) with random networks
+(slow: several CPU minutes on 2 shared cores): the table, metrics.json, metrics.csv and grids appear and
+agree with each other."""
 import csv
 import json
 import os
@@ -46,6 +47,7 @@ def _lpips_weights(d):
     return d / "vgg16.npz", d / "lin.npz"
 
 
+@pytest.mark.slow
 def test_reconstruction_eval_writes_table_json_csv_grids(dataset, tmp_path, capsys):
     vgg, lin = _lpips_weights(tmp_path)
     w = tmp_path / "w"
@@ -67,6 +69,7 @@ def test_reconstruction_eval_writes_table_json_csv_grids(dataset, tmp_path, caps
     assert grid.shape == (4 * 64, 2 * 64, 3)  # 4 views x (ground truth | reconstruction)
 
 
+@pytest.mark.slow
 def test_generation_eval_scores_samples(dataset, weights, tmp_path, capsys):
     w = tmp_path / "w"
     rc = cli.main(["--config", GEN, "--workdir", str(w), f"--config.data={dataset}", f"--config.pipeline={weights}",
@@ -89,3 +92,38 @@ def test_bad_eval_input_is_one_line(tmp_path, capsys):
     assert rc == 2 and len(err) == 1 and str(tmp_path / "nope") in err[0]
     rc = cli.main(["--config", RECON, "--workdir", str(tmp_path / "w"), "--config.no_such_key=1"])
     assert rc == 2 and "no_such_key" in capsys.readouterr().err
+
+
+def test_ground_truth_views_composite_resize_and_limit():
+    from trellis_jax.data.schema import pack_pngs
+    from trellis_jax.eval.reconstruction import ground_truth_views
+
+    rgba = np.zeros((3, 32, 32, 4), np.uint8)
+    rgba[:, 8:24, 8:24] = (255, 0, 0, 255)
+    data, offsets = pack_pngs(rgba)
+    arrays = {"views_png": data, "views_png_offsets": offsets, "views_extrinsics": np.tile(np.eye(4, dtype=np.float32), (3, 1, 1)),
+              "views_intrinsics": np.tile(np.eye(3, dtype=np.float32), (3, 1, 1))}
+    gt, ext, intr = ground_truth_views(arrays, 2, 16, (0.0, 1.0, 0.0))
+    assert gt.shape == (2, 16, 16, 3) and ext.shape == (2, 4, 4) and intr.shape == (2, 3, 3)
+    np.testing.assert_allclose(gt[0, 8, 8], [1, 0, 0], atol=1e-6)   # object
+    np.testing.assert_allclose(gt[0, 0, 0], [0, 1, 0], atol=1e-6)   # transparent -> background
+    assert ground_truth_views(arrays, -1, 32, (1, 1, 1))[0].shape[0] == 3
+    with pytest.raises(ValueError, match="no render views"):
+        ground_truth_views({}, 2, 16, (1, 1, 1))
+
+
+def test_report_table_csv_grid(tmp_path):
+    from trellis_jax.eval import report
+
+    rows = [{"id": "a", "psnr": 20.0, "lpips": None}, {"id": "b", "psnr": 30.0, "lpips": 0.5, "extra": 1}]
+    agg = report.mean_over_assets(rows, ["psnr", "lpips", "chamfer"])
+    assert agg == {"psnr": 25.0, "lpips": 0.5, "chamfer": None}
+    table = report.markdown_table(report.RECONSTRUCTION_COLUMNS, [("ours", agg)])
+    assert table.splitlines()[0].startswith("| Method | PSNR ↑") and "| ours | 25.00 | – | 0.500 | – |" in table
+    report.write_csv(tmp_path / "m.csv", rows)
+    got = list(csv.DictReader(open(tmp_path / "m.csv")))
+    assert got == [{"id": "a", "psnr": "20.0", "lpips": "", "extra": ""}, {"id": "b", "psnr": "30.0", "lpips": "0.5", "extra": "1"}]
+    cols = {"ground_truth": np.zeros((5, 8, 8, 3), np.uint8), "sample": np.full((5, 8, 8, 3), 255, np.uint8)}
+    report.write_grid(tmp_path / "g.png", cols, max_views=2)
+    g = np.asarray(Image.open(tmp_path / "g.png"))
+    assert g.shape == (16, 16, 3) and g[:, :8].max() == 0 and g[:, 8:].min() == 255
