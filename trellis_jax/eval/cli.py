@@ -74,7 +74,7 @@ def run(cfg, workdir: str | Path, log=print) -> dict:
         pipe, cond_model, gen_kind = load_generator(cfg.pipeline, capacity=int(cfg.capacity))
         if not cond_model.pretrained:
             result["random_networks"].append(f"condition encoder ({cond_model.description})")
-    ex = load_extractors(cfg, log, need_text=gen_kind == "text")
+    ex = load_extractors(cfg, log, lpips="reconstruction" in tasks, generation="generation" in tasks, need_text=gen_kind == "text")
     result["random_networks"] += ex.random_networks
     if "reconstruction" in tasks and ex.lpips_params is None:
         result["random_networks"].append("LPIPS (no VGG16 backbone: LPIPS not computed)")
@@ -138,18 +138,16 @@ def run(cfg, workdir: str | Path, log=print) -> dict:
 
 
 def main(argv=None) -> int:
-    from trellis_jax.config_loader import load_config
+    from trellis_jax.config_loader import load_config, split_config_overrides
 
     ap = argparse.ArgumentParser(prog="trellis-jax eval", description=__doc__.splitlines()[0],
                                  epilog="Any config key can be overridden: --config.data=DIR --config.num_views=8")
     ap.add_argument("--config", required=True, help="experiments/eval/<reconstruction|generation>.py:<tiny|toys4k>")
     ap.add_argument("--workdir", required=True, help="output directory (metrics.json, metrics.csv, grids/)")
     args, rest = ap.parse_known_args(sys.argv[1:] if argv is None else argv)
-    bad = [r for r in rest if not r.startswith("--config.")]
-    if bad:
-        ap.error(f"unrecognized arguments: {' '.join(bad)}")
+    overrides = split_config_overrides(rest, ap.error)
     try:
-        cfg = load_config(args.config, rest)
+        cfg = load_config(args.config, overrides)
     except (KeyError, ValueError, FileNotFoundError, AttributeError) as e:
         print(f"trellis-jax eval: config error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr, flush=True)
         return 2

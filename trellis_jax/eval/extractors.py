@@ -28,8 +28,8 @@ def _random(module, example, seed: int):
 @dataclasses.dataclass
 class Extractors:
     lpips_params: Any                      # None: LPIPS not computed
-    dinov2: Any                            # trellis_jax.conditioning.ImageConditioner
-    clip_model: ci.CLIPVisionEncoder
+    dinov2: Any                            # trellis_jax.conditioning.ImageConditioner (None: generation not run)
+    clip_model: Optional[ci.CLIPVisionEncoder]
     clip_params: Any
     clip_text: Optional[tuple]             # (CLIPTextEncoder, params, projection [C, P]) or None
     random_networks: list[str]
@@ -84,17 +84,20 @@ class Extractors:
         return np.asarray(self._clip_text(params, proj, jnp.asarray(input_ids)))
 
 
-def load_extractors(cfg, log=print, need_text: bool = False) -> Extractors:
-    """Networks of `cfg.networks` (lpips_backbone, lpips_linear, dinov2, clip: local paths or empty)."""
+def load_extractors(cfg, log=print, lpips: bool = True, generation: bool = True, need_text: bool = False) -> Extractors:
+    """Networks of `cfg.networks` (lpips_backbone, lpips_linear, dinov2, clip: local paths or empty) that
+    the tasks need: LPIPS for reconstruction, DINOv2 + CLIP (with its text tower for text prompts) for generation."""
     from trellis_jax.conditioning import load_image_conditioner
 
     n = cfg.networks
     rand = []
     lpips_params = None
-    if n.lpips_backbone:
+    if lpips and n.lpips_backbone:
         lpips_params = lp.load_lpips(n.lpips_backbone, n.lpips_linear or "")
-    else:
+    elif lpips:
         log("LPIPS: no VGG16 backbone given (networks.lpips_backbone): LPIPS columns are left empty")
+    if not generation:
+        return Extractors(lpips_params, None, None, None, None, rand)
     dino = load_image_conditioner(n.dinov2 or None, "vitl14_reg" if n.dinov2 else "tiny", seed=cfg.seed)
     if not dino.pretrained:
         rand.append("DINOv2 (FD/KD)")
