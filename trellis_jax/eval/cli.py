@@ -117,7 +117,7 @@ def run(cfg, workdir: str | Path, log=print) -> dict:
         result["per_asset"] += [{"task": "generation", **r} for r in rows]
         name = f"trellis-jax {gen_kind}-to-3D ({Path(cfg.pipeline).name}; {summary['evaluated']}/{summary['evaluated'] + len(summary['failed'])} sampled)"
         tables.append(("Generation", report.markdown_table(
-            report.GENERATION_COLUMNS, [(name, agg)] + [(k, v) for k, v in paper.items() if "clip_score" in v])))
+            report.GENERATION_COLUMNS, [(name, agg)] + [(k, v) for k, v in paper.items() if "clip_score" in v and f"{gen_kind}-to-3D" in k])))
 
     result["meaningful"] = not result["random_networks"]
     result["seconds"] = time.time() - t0

@@ -82,21 +82,22 @@ class SLatAutoencoder:
         mask = jnp.asarray(np.arange(Lp)[None] < L)
         return self._encode_decode(self.encoder[1], self.decoder_gs[1], jnp.asarray(c), jnp.asarray(f), mask)
 
-    @functools.cached_property
-    def _mesh(self):
-        from trellis_jax.representations.mesh.extract import extract_mesh
-
-        dec = self.decoder_mesh[0]
-        return jax.jit(lambda p, z: extract_mesh(dec.apply(p, z)))
-
     def mesh_points(self, latent, key, num_points: int) -> Optional[np.ndarray]:
-        """Surface samples [num_points, 3] of the decoded mesh, or None without a mesh decoder."""
+        """Surface samples [num_points, 3] of the decoded mesh (FlexiCubes, capacities grown until nothing
+        overflows), or None without a mesh decoder. An empty mesh is a ValueError."""
+        from trellis_jax.representations.mesh.extract import extract_mesh_arrays
+
         if self.decoder_mesh is None:
             return None
-        mesh = self._mesh(self.decoder_mesh[1], latent)
-        if bool(np.asarray(mesh.overflow[0])):
-            raise ValueError("mesh extraction overflowed its capacities (the mesh would be incomplete)")
-        return np.asarray(sample_surface(key, mesh.vertices[0], mesh.faces[0], mesh.face_mask[0], num_points))
+        params = self.decoder_mesh[1]
+        vertices, faces, _ = extract_mesh_arrays(self._decode_mesh(params, latent))[0]
+        if len(faces) == 0:
+            raise ValueError("the decoded mesh is empty")
+        return np.asarray(sample_surface(key, jnp.asarray(vertices), jnp.asarray(faces), jnp.ones(len(faces), bool), num_points))
+
+    @functools.cached_property
+    def _decode_mesh(self):
+        return jax.jit(self.decoder_mesh[0].apply)
 
 
 def _random(module, seed: int):
