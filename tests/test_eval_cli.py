@@ -129,6 +129,7 @@ def test_report_table_csv_grid(tmp_path):
     assert g.shape == (16, 16, 3) and g[:, :8].max() == 0 and g[:, 8:].min() == 255
 
 
+@pytest.mark.slow  # ~80 CPU-s: compiling the mesh decoder and FlexiCubes
 def test_geometry_from_a_random_mesh_decoder():
     """Chamfer / F-score path: random tiny encoder + mesh decoder on a 3³ voxel block -> FlexiCubes mesh
     -> surface samples, which stay within the block's cubes (±1 voxel), and finite metrics."""
