@@ -33,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.encoder_image_size = 518
     c.batch_views = 8  # views per jitted encoder step
     c.voxel_bucket = 1024  # voxel sets padded to a power of two >= this (bounds recompiles)
+    c.surface_points = 20000  # area-uniform mesh surface samples kept for the eval's Chamfer / F-score (0: none)
     c.shard_size = 32  # assets per ArrayRecord shard (a crash redoes at most one shard)
     c.seed = 0  # camera randomness: per asset from (seed, id)
     return c

@@ -92,6 +92,16 @@ class AssetProcessor:
         if not np.all(np.isfinite(feats)):
             raise AssetError(f"{path}: non-finite voxel features")
 
+        surface = None
+        if cfg.get("surface_points", 0) > 0:
+            import jax
+
+            from trellis_jax.eval.surface import sample_surface
+
+            key = jax.random.PRNGKey(int(rng.integers(2**31)))
+            surface = np.asarray(sample_surface(key, vertices.astype(np.float32), faces.astype(np.int32),
+                                                np.ones(len(faces), bool), int(cfg.surface_points)), np.float32)
+
         def _stored(r, keep):
             n = len(r["images"]) if keep < 0 else min(keep, len(r["images"]))
             return r["images"][:n], r["extrinsics"][:n], r["intrinsics"][:n]
@@ -107,6 +117,8 @@ class AssetProcessor:
                     continue
                 arrays[f"{prefix}_png"], arrays[f"{prefix}_png_offsets"] = schema.pack_pngs(imgs)
                 arrays[f"{prefix}_extrinsics"], arrays[f"{prefix}_intrinsics"] = ext, intr
+            if surface is not None:
+                arrays["surface_points"] = surface
             meta = {"id": entry["id"], "captions": list(entry.get("captions", [])), "source": path,
                     "resolution": int(cfg.voxel_resolution), "num_voxels": int(len(coords)),
                     "scale": float(asset.scale), "offset": [float(x) for x in asset.offset],

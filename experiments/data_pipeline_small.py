@@ -14,4 +14,5 @@ def get_config():
     c.batch_views = 4
     c.voxel_bucket = 1024
     c.shard_size = 4
+    c.surface_points = 2048
     return c

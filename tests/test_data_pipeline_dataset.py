@@ -67,6 +67,12 @@ def test_build_writes_records_and_failures(built):
     assert len(a["cond_png_offsets"]) == 5 and a["cond_intrinsics"].shape == (4, 3, 3)
     img = schema.unpack_png(a["views_png"], a["views_png_offsets"], 2)
     assert img.shape == (64, 64, 4) and img[..., 3].max() == 255
+    pts = a["surface_points"]  # ground-truth surface samples: on the surface, so inside the surface voxels (±1)
+    assert pts.shape == (2048, 3) and pts.dtype == np.float32 and np.abs(pts).max() <= 0.5 + 1e-6
+    res = meta["resolution"]
+    cell = np.clip(np.floor((pts + 0.5) * res), 0, res - 1).astype(np.int64)
+    d = np.abs(cell[:, None, :] - a["coords"].astype(np.int64)[None]).max(-1).min(1)
+    assert d.max() <= 1
 
 
 def test_build_rerun_skips_everything(built):

@@ -7,6 +7,7 @@
     trellis-jax train       rectified-flow / VAE training from an ml_collections config
     trellis-jax export      a generated asset's latents.npz -> PLY / GLB / preview with a pipeline's decoder
     trellis-jax convert     official checkpoint <-> check / re-save (dtype-exact), parameter counts
+    trellis-jax eval        reconstruction / generation metrics tables (PSNR, LPIPS, CD, F-score, CLIP, FD, KD)
     trellis-jax aot         compile a training step or the sampler for a TPU topology here: memory, FLOPs, est. time
 Each subcommand has --help.
 """
@@ -24,6 +25,7 @@ COMMANDS = {
     "export": ("trellis_jax.export.cli", "export latents to PLY/GLB/preview"),
     "convert": ("trellis_jax.checkpoints.cli", "check / re-save official checkpoints"),
     "sweep": ("trellis_jax.sweep", "run an ablation sweep"),
+    "eval": ("trellis_jax.eval.cli", "reconstruction and generation metrics as the paper's tables"),
     "aot": ("trellis_jax.aot", "compile a job for a TPU topology ahead of time (memory, FLOPs, est. step time)"),
 }
 

@@ -27,6 +27,8 @@ arrays:
   views_extrinsics  float32 [V, 4, 4] world->camera (OpenCV)
   views_intrinsics  float32 [V, 3, 3] normalised intrinsics
   cond_png, cond_png_offsets, cond_extrinsics, cond_intrinsics: the same for the condition renders
+  surface_points    float32 [P, 3]   area-uniform samples of the normalised mesh surface (optional; the ground truth
+                                     of the eval's Chamfer distance / F-score; P = build config `surface_points`)
 added by the encode stage (optional):
   ss_latent         float32 [16, 16, 16, 8]  SS-VAE posterior mean, channels-last
   slat              float32 [L, 8]           SLat-VAE posterior mean, rows aligned with coords
@@ -48,7 +50,7 @@ _PREFIX = struct.Struct("<4sHI")
 REQUIRED_META = ("id",)
 REQUIRED_ARRAYS = ("coords", "features")
 OPTIONAL_ARRAYS = ("views_png", "views_png_offsets", "views_extrinsics", "views_intrinsics", "cond_png",
-                   "cond_png_offsets", "cond_extrinsics", "cond_intrinsics", "ss_latent", "slat")
+                   "cond_png_offsets", "cond_extrinsics", "cond_intrinsics", "surface_points", "ss_latent", "slat")
 
 
 class RecordError(ValueError):

@@ -59,3 +59,12 @@ def text_condition(model: CLIPTextEncoder, params, input_ids) -> jax.Array:
     The negative condition is `text_condition(model, params, tokenizer([""]))`.
     """
     return model.apply(params, jnp.asarray(input_ids, jnp.int32))
+
+
+def text_embeddings(model: CLIPTextEncoder, params, projection: jax.Array, input_ids) -> jax.Array:
+    """CLIP's joint-space text embedding [B, P]: last_hidden_state at the end-of-text token (the highest
+    id in CLIP's vocabulary, so its argmax) times `text_projection` [C, P] (not unit-normalised)."""
+    ids = jnp.asarray(input_ids, jnp.int32)
+    hidden = model.apply(params, ids)
+    pooled = jnp.take_along_axis(hidden, jnp.argmax(ids, -1)[:, None, None], axis=1)[:, 0]
+    return pooled @ projection

@@ -1,4 +1,4 @@
-"""Load DINOv2 / CLIP text weights from a local Hugging Face-format directory (no PyTorch needed).
+"""Load DINOv2 / CLIP text / CLIP image weights from a local Hugging Face-format directory (no PyTorch needed).
 
 A directory holds `config.json` and `model.safetensors` (or a sharded `model.safetensors.index.json`).
 Key styles understood: transformers v4 (as published on the Hub), transformers v5 state dicts, and
@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from trellis_jax.encoders.clip_image import CLIPVisionConfig, CLIPVisionEncoder
 from trellis_jax.encoders.clip_text import CLIPTextConfig, CLIPTextEncoder
 from trellis_jax.encoders.dinov2 import DINOv2, DINOv2Config
 
@@ -104,17 +105,11 @@ def _dinov2_rules(num_layers: int) -> list[tuple[str, Callable[[re.Match, np.nda
 _DINOV2_IGNORED = re.compile(r"(embeddings\.)?mask_token")
 
 
-def _clip_rules():
+def _clip_layer_rules(p: str):
     def one(path, fn=lambda a: a):
         return lambda m, a: {path.format(*m.groups()): fn(a)}
 
-    p = r"(?:text_model\.)?"
-    rules = [
-        (p + r"embeddings\.token_embedding\.weight", one("token_embedding/embedding")),
-        (p + r"embeddings\.position_embedding\.weight", one("position_embedding")),
-        (p + r"final_layer_norm\.weight", one("final_layer_norm/scale")),
-        (p + r"final_layer_norm\.bias", one("final_layer_norm/bias")),
-    ]
+    rules = []
     per_layer = {
         "self_attn.q_proj": "q_proj", "self_attn.k_proj": "k_proj", "self_attn.v_proj": "v_proj",
         "self_attn.out_proj": "o_proj", "mlp.fc1": "fc1", "mlp.fc2": "fc2",
@@ -128,7 +123,41 @@ def _clip_rules():
     return rules
 
 
+def _clip_rules():
+    def one(path, fn=lambda a: a):
+        return lambda m, a: {path.format(*m.groups()): fn(a)}
+
+    p = r"(?:text_model\.)?"
+    return [
+        (p + r"embeddings\.token_embedding\.weight", one("token_embedding/embedding")),
+        (p + r"embeddings\.position_embedding\.weight", one("position_embedding")),
+        (p + r"final_layer_norm\.weight", one("final_layer_norm/scale")),
+        (p + r"final_layer_norm\.bias", one("final_layer_norm/bias")),
+    ] + _clip_layer_rules(p)
+
+
+def _clip_vision_rules():
+    def one(path, fn=lambda a: a):
+        return lambda m, a: {path.format(*m.groups()): fn(a)}
+
+    def patch(a):  # conv [C, 3, P, P] -> dense kernel [(py, px, c), C]
+        return np.asarray(a).transpose(2, 3, 1, 0).reshape(-1, a.shape[0])
+
+    p = r"(?:vision_model\.)?"
+    rules = [
+        (p + r"embeddings\.class_embedding", one("class_embedding")),
+        (p + r"embeddings\.patch_embedding\.weight", one("patch_embed/kernel", patch)),
+        (p + r"embeddings\.position_embedding\.weight", one("position_embedding")),
+        (r"visual_projection\.weight", one("visual_projection/kernel", _linear)),
+    ]
+    for ln in ("pre_layrnorm", "post_layernorm"):
+        rules.append((p + rf"{ln}\.weight", one(f"{ln}/scale")))
+        rules.append((p + rf"{ln}\.bias", one(f"{ln}/bias")))
+    return rules + _clip_layer_rules(p)
+
+
 _CLIP_IGNORED = re.compile(r"(text_model\.)?embeddings\.position_ids|vision_model\..*|visual_projection\..*|text_projection\..*|logit_scale")
+_CLIP_VISION_IGNORED = re.compile(r"(vision_model\.)?embeddings\.position_ids|text_model\..*|text_projection\..*|logit_scale")
 
 
 def _map_strict(tensors, rules, ignored, template, source: str, param_dtype):
@@ -192,6 +221,17 @@ def clip_text_config_from_hf(cfg: dict) -> CLIPTextConfig:
     )
 
 
+def clip_vision_config_from_hf(cfg: dict) -> CLIPVisionConfig:
+    """From a CLIPModel config (`vision_config` + top-level `projection_dim`) or a CLIPVisionModelWithProjection one."""
+    vis = cfg.get("vision_config", cfg)
+    return CLIPVisionConfig(
+        hidden_size=vis["hidden_size"], num_layers=vis["num_hidden_layers"], num_heads=vis["num_attention_heads"],
+        intermediate_size=vis["intermediate_size"], patch_size=vis["patch_size"], image_size=vis["image_size"],
+        projection_dim=cfg.get("projection_dim", vis.get("projection_dim", 512)),
+        hidden_act=vis.get("hidden_act", "quick_gelu"), layer_norm_eps=vis.get("layer_norm_eps", 1e-5),
+    )
+
+
 def load_dinov2(directory: str | Path, dtype=jnp.float32, param_dtype=jnp.float32):
     """-> (DINOv2 module, params) from an HF-format directory."""
     directory = Path(directory)
@@ -214,3 +254,25 @@ def load_clip_text(directory: str | Path, dtype=jnp.float32, param_dtype=jnp.flo
     )["params"]
     params = _map_strict(read_safetensors_dir(directory), _clip_rules(), _CLIP_IGNORED, template, str(directory), param_dtype)
     return model, params
+
+
+def load_clip_image(directory: str | Path, dtype=jnp.float32, param_dtype=jnp.float32):
+    """-> (CLIPVisionEncoder module, params) from an HF-format directory (CLIPModel or
+    CLIPVisionModelWithProjection: the tower and `visual_projection`)."""
+    directory = Path(directory)
+    config = clip_vision_config_from_hf(_read_config(directory))
+    model = CLIPVisionEncoder(config, dtype=dtype)
+    template = nn.meta.unbox(
+        jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, config.image_size, config.image_size, 3)))
+    )["params"]
+    params = _map_strict(read_safetensors_dir(directory), _clip_vision_rules(), _CLIP_VISION_IGNORED, template, str(directory), param_dtype)
+    return model, params
+
+
+def load_clip_text_projection(directory: str | Path) -> jax.Array:
+    """CLIP's `text_projection` of a CLIPModel / CLIPTextModelWithProjection directory as a [C, P] matrix."""
+    directory = Path(directory)
+    tensors = read_safetensors_dir(directory)
+    if "text_projection.weight" not in tensors:
+        raise EncoderWeightsError(f"{directory}: no text_projection.weight (a CLIPModel or CLIPTextModelWithProjection checkpoint is needed for CLIP scores)")
+    return jnp.asarray(_linear(tensors["text_projection.weight"]), jnp.float32)

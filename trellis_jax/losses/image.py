@@ -1,8 +1,8 @@
 """Image reconstruction losses: L1 and SSIM (11×11 Gaussian window, σ = 1.5, C1 = 0.01², C2 = 0.03²).
 
-The reference's L_rec = L1 + 0.2·(1 − SSIM) + 0.2·LPIPS(VGG). LPIPS needs pretrained VGG weights that
-cannot be downloaded here; `reconstruction_loss` takes an optional `lpips_fn` and its weight, and
-defaults to leaving the term out (callers say so in their logs).
+The reference's L_rec = L1 + 0.2·(1 − SSIM) + 0.2·LPIPS(VGG). LPIPS needs pretrained VGG weights given
+by path: `reconstruction_loss` takes the `lpips_fn` that `trellis_jax.losses.lpips.load_lpips_fn` builds
+from them, and without one leaves the term out (`load_lpips_fn` prints that it does).
 """
 from __future__ import annotations
 

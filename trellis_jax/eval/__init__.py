@@ -1,0 +1,1 @@
+"""Evaluation: the paper's reconstruction and generation metrics and the `trellis-jax eval` command."""
