@@ -5,7 +5,8 @@ mask bool [B, L] (valid rows first), one view per asset: image float32 [B, R, R,
 alpha [B, R, R], extrinsics [B, 4, 4] (OpenCV world->camera), intrinsics [B, 3, 3] (normalised).
 Loss: `trellis_jax.losses.slat_vae.slat_vae_loss` with the weights of cfg.loss
 (L1 + 0.2·(1 − SSIM) + 0.2·LPIPS + 1e-6·KL + 1e4·volume + 1e-3·opacity). LPIPS needs a VGG16 backbone
-(cfg.loss.lpips_backbone, a weights file); without one the term is off and the task says so.
+and the lpips linear layers (cfg.loss.lpips_backbone / lpips_linear, weights files); without a backbone
+the term is off and the task says so.
 Grain data: stage 'slat_vae' (one random stored render per asset, resized to cfg.data.render_size).
 `export_models` gives the trained networks for official-format checkpoint directories.
 """
@@ -24,13 +25,20 @@ from trellis_jax.sparse.tensor import SparseTensor
 from trellis_jax.training.tasks.base import Task, compute_dtype, encoder_decoder_models, np_rng
 
 
-def _lpips_from_config(path: str):
-    """An LPIPS function lpips(pred, target) on [-1, 1] images, from a VGG16 backbone weights file."""
+def _lpips_from_config(loss_cfg, log):
+    """The LPIPS term's function (pred, target [-1, 1]) -> [B] from cfg.loss.lpips_backbone (torchvision
+    VGG16 weights) and cfg.loss.lpips_linear (the lpips package's linear layers), or None when no
+    backbone is configured (announced: the loss is then L1 + SSIM + the regularisers)."""
+    backbone, linear = loss_cfg.get("lpips_backbone", ""), loss_cfg.get("lpips_linear", "")
+    if not backbone:
+        log("slat_vae: LPIPS term OFF (no loss.lpips_backbone configured): reconstruction loss is L1 + 0.2*(1-SSIM)")
+        return None
     try:
-        from trellis_jax.losses import lpips
+        from trellis_jax.losses.lpips import load_lpips_fn
     except ImportError as e:
-        raise ValueError(f"config loss.lpips_backbone={path!r} is set but trellis_jax.losses.lpips is not available ({e})") from e
-    return lpips.lpips_fn(path)
+        raise ValueError(f"config loss.lpips_backbone={backbone!r} is set but trellis_jax.losses.lpips is not available ({e})") from e
+    log(f"slat_vae: LPIPS term on (VGG16 {backbone}, linear layers {linear})")
+    return load_lpips_fn(backbone, linear, log)
 
 
 class SLatVAETask(Task):
@@ -50,9 +58,7 @@ class SLatVAETask(Task):
         self.channels = int(enc.args.in_channels)
         self.capacity = int(cfg.data.capacity)
         self.render_size = int(cfg.data.render_size)
-        backbone = cfg.loss.get("lpips_backbone", "")
-        self.lpips_fn = _lpips_from_config(backbone) if backbone else None
-        log(f"slat_vae: LPIPS term {'on (' + backbone + ')' if self.lpips_fn else 'OFF (no loss.lpips_backbone configured): L1 + SSIM only'}")
+        self.lpips_fn = _lpips_from_config(cfg.loss, log)
 
     # -- model -------------------------------------------------------------------------------
     def init_params(self, rng):
