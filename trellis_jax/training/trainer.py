@@ -4,7 +4,8 @@
     init_fn, step_fn, shardings = compile_train(cfg, task, mesh, rules)
     state = init_fn(jax.random.PRNGKey(cfg.seed))          # TrainState placed with `shardings`
     state, metrics = step_fn(state, shard_batch(batch, mesh))
-    run(cfg, workdir)                                       # the whole loop, resuming from workdir
+    run(cfg, workdir)                                       # the whole loop, resuming from workdir;
+                                                            # ends by exporting the task's networks to workdir/ckpts
 
 Step s (0-based) uses rng fold_in(state.rng, s) and the s-th batch of the data iterator; a step whose
 loss or gradient is non-finite leaves the state unchanged and stops the run (`NonFiniteError`,
