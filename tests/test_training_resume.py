@@ -45,7 +45,8 @@ def _train(workdir, env, *extra, task="ss_flow", **kw):
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600, **kw)
 
 
-@pytest.fixture(scope="module", params=sorted(ARGS))
+# slat_vae: three compiles of the SLat VAE step under subprocesses, minutes on 2 CPU cores -> slow
+@pytest.fixture(scope="module", params=["ss_flow", pytest.param("slat_vae", marks=pytest.mark.slow)])
 def reference(request, tmp_path_factory, env):
     task = request.param
     wd = tmp_path_factory.mktemp(f"uninterrupted_{task}")
