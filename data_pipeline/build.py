@@ -153,12 +153,16 @@ def main(argv=None):
     p.add_argument("--config", default=None, help="python file with get_config() (default: reference settings)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("--retry-failures", action="store_true")
-    p.add_argument("--limit", type=int, default=None, help="only the first N manifest entries")
+    p.add_argument("--skip", type=int, default=0, help="leave out the first N manifest entries (e.g. a held-out split)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N manifest entries (after --skip)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     try:
         cfg = config_lib.load_config(args.config, args.set)
-        manifest = config_lib.read_manifest(args.manifest)[: args.limit]
+        if args.skip < 0 or (args.limit is not None and args.limit < 0):
+            raise ValueError("--skip and --limit must be >= 0")
+        manifest = config_lib.read_manifest(args.manifest)[args.skip:]
+        manifest = manifest[: args.limit]
         summary = build(manifest, args.out, cfg, retry_failures=args.retry_failures, progress=not args.no_progress)
     except (OSError, ValueError, KeyError, RuntimeError, WorkdirLockedError) as e:
         print(f"trellis-jax build-data: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)

@@ -221,6 +221,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     path = write_builtin(args.out, args.procedural, args.pybullet, args.random_urdfs, args.seed)
     print(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -13,8 +13,12 @@ Encoders are two callables:
 (`SparseStructureEncoder(x) -> (z, mean, logvar)`, `SLatEncoder(st) -> (z, mean, logvar)`);
 `random_encoders` gives small random stand-ins for exercising the plumbing before trained VAEs exist.
 
-CLI: python -m data_pipeline.encode --in IN --out OUT --encoders random|module.path:factory
-     (factory() -> (ss_encode, slat_encode))
+`encoders_from_checkpoints` loads trained encoders saved as official-format checkpoints (e.g. the
+ones `trellis-jax train` exports to WORKDIR/ckpts).
+
+CLI: trellis-jax encode-data --in IN --out OUT (--ss-encoder CKPT --slat-encoder CKPT
+     | --encoders random|module.path:factory)        (factory() -> (ss_encode, slat_encode);
+     CKPT: an official checkpoint prefix, DIR/NAME for DIR/NAME.json + DIR/NAME.safetensors)
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from trellis_jax.checkpoints import CheckpointError
 from trellis_jax.data import schema, shards
 from trellis_jax.data.loaders import occupancy
 
@@ -46,6 +51,18 @@ def encoders_from_modules(ss_module, ss_params, slat_module, slat_params):
         return mean.feats
 
     return ss_encode, slat_encode
+
+
+def encoders_from_checkpoints(ss_path, slat_path):
+    """(ss_encode, slat_encode) from official-format checkpoints of a SparseStructureEncoder and an
+    SLatEncoder (prefixes PATH of PATH.json + PATH.safetensors)."""
+    from trellis_jax.checkpoints import load_model
+
+    (ss_module, ss_params), (slat_module, slat_params) = load_model(ss_path), load_model(slat_path)
+    for path, module, want in ((ss_path, ss_module, "SparseStructureEncoder"), (slat_path, slat_module, "SLatEncoder")):
+        if type(module).__name__ != want:
+            raise ValueError(f"{path}: is a {type(module).__name__} checkpoint, expected a {want}")
+    return encoders_from_modules(ss_module, ss_params, slat_module, slat_params)
 
 
 def random_encoders(in_channels: int, latent_channels: int = 8, seed: int = 0):
@@ -113,17 +130,30 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--in", dest="in_dir", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--encoders", required=True, help="'random' or module.path:factory")
+    p.add_argument("--ss-encoder", help="trained SparseStructureEncoder checkpoint prefix (DIR/NAME)")
+    p.add_argument("--slat-encoder", help="trained SLatEncoder checkpoint prefix (DIR/NAME)")
+    p.add_argument("--encoders", help="instead of the checkpoints: 'random' or module.path:factory")
     p.add_argument("--voxel-bucket", type=int, default=1024)
+    p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    if args.encoders == "random":
-        meta, arrays = next(shards.read_dataset(args.in_dir, fields=("features",)))
-        ss_fn, slat_fn = random_encoders(arrays["features"].shape[-1])
-    else:
-        mod, _, fn = args.encoders.partition(":")
-        ss_fn, slat_fn = getattr(importlib.import_module(mod), fn)()
-    encode_dataset(args.in_dir, args.out, ss_fn, slat_fn, voxel_bucket=args.voxel_bucket)
+    from_ckpts = args.ss_encoder is not None or args.slat_encoder is not None
+    if from_ckpts == (args.encoders is not None) or (from_ckpts and not (args.ss_encoder and args.slat_encoder)):
+        p.error("give either --ss-encoder and --slat-encoder, or --encoders")
+    try:
+        if from_ckpts:
+            ss_fn, slat_fn = encoders_from_checkpoints(args.ss_encoder, args.slat_encoder)
+        elif args.encoders == "random":
+            meta, arrays = next(shards.read_dataset(args.in_dir, fields=("features",)))
+            ss_fn, slat_fn = random_encoders(arrays["features"].shape[-1])
+        else:
+            mod, _, fn = args.encoders.partition(":")
+            ss_fn, slat_fn = getattr(importlib.import_module(mod), fn)()
+        encode_dataset(args.in_dir, args.out, ss_fn, slat_fn, voxel_bucket=args.voxel_bucket, progress=not args.no_progress)
+    except (OSError, ValueError, CheckpointError, FloatingPointError) as e:
+        print(f"trellis-jax encode-data: error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

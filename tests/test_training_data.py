@@ -101,3 +101,36 @@ def test_grain_slat_flow_batches_are_padded_masked_and_normalised(latent_dataset
         rec = next(r for r in records if len(r["coords"]) == n and np.array_equal(r["coords"], batch["coords"][b, :n]))
         np.testing.assert_allclose(batch["feats"][b, :n], (rec["slat"] - 1.0) / 2.0, rtol=1e-6)
         assert not batch["feats"][b, n:].any()
+
+
+def test_grain_slat_vae_batches_carry_one_stored_view_per_asset(tmp_path):
+    """slat_vae on a built dataset: padded voxel features (float32, the encoder's channels) and one of the
+    asset's stored renders, resized to data.render_size, with that view's cameras."""
+    g = np.random.default_rng(1)
+    V, S = 3, 24
+    ext = np.tile(np.eye(4, dtype=np.float32), (V, 1, 1))
+    ext[:, 2, 3] = np.arange(V) + 2.0  # a distinct camera per view
+    rgba = np.zeros((V, S, S, 4), np.uint8)
+    for v in range(V):
+        rgba[v, ..., :3], rgba[v, ..., 3] = 40 * (v + 1), 255  # a distinct flat colour per view
+    png, offsets = schema.pack_pngs(rgba)
+    with shards.ShardWriter(str(tmp_path), "data", shard_size=2) as w:
+        for i in range(4):
+            n = int(g.integers(10, 40))
+            coords = np.stack(np.unravel_index(np.sort(g.choice(16**3, n, replace=False)), (16,) * 3), -1).astype(np.uint8)
+            arrays = {"coords": coords, "features": g.standard_normal((n, 64)).astype(np.float16), "views_png": png,
+                      "views_png_offsets": offsets, "views_extrinsics": ext,
+                      "views_intrinsics": np.tile(np.eye(3, dtype=np.float32), (V, 1, 1))}
+            w.add(f"a{i}", schema.encode({"id": f"a{i}", "captions": [], "resolution": 16, "num_voxels": n}, arrays))
+    cfg = apply_overrides(load_config("experiments/train/slat_vae.py:tiny"), [
+        f"data.path={tmp_path}", "data.kind=grain", "data.worker_count=0", "data.capacity=64", "data.render_size=12"])
+    task = build_task(cfg)
+    batch = next(make_batches(cfg, task))
+    assert batch["coords"].shape == (2, 64, 3) and batch["feats"].shape == (2, 64, 64) and batch["feats"].dtype == np.float32
+    assert batch["image"].shape == (2, 12, 12, 3) and batch["alpha"].shape == (2, 12, 12)
+    for b in range(2):
+        v = int(round(batch["extrinsics"][b, 2, 3])) - 2  # the view the loader picked
+        np.testing.assert_allclose(batch["image"][b], 40 * (v + 1) / 255.0, atol=1e-6)
+        np.testing.assert_allclose(batch["alpha"][b], 1.0)
+        n = int(batch["mask"][b].sum())
+        assert n >= 10 and not batch["feats"][b, n:].any()

@@ -20,8 +20,15 @@ from trellis_jax.training.logger import read_step_losses
 
 REPO = Path(__file__).resolve().parents[1]
 TOTAL, EVERY = 40, 10
-ARGS = ["--config", "experiments/train/ss_flow.py:tiny", "--config.model.args.model_channels=32",
-        "--config.model.args.num_blocks=1", f"--config.total_steps={TOTAL}", f"--config.ckpt_every={EVERY}"]
+RUN = [f"--config.total_steps={TOTAL}", f"--config.ckpt_every={EVERY}"]
+ARGS = {  # per task: its tiny config, shrunk for CPU time
+    "ss_flow": ["--config", "experiments/train/ss_flow.py:tiny", "--config.model.args.model_channels=32",
+                "--config.model.args.num_blocks=1", *RUN],
+    "slat_vae": ["--config", "experiments/train/slat_vae.py:tiny", "--config.model.encoder.args.model_channels=32",
+                 "--config.model.decoder.args.model_channels=32", "--config.model.encoder.args.num_blocks=1",
+                 "--config.model.decoder.args.num_blocks=1", "--config.data.capacity=96", "--config.data.render_size=16",
+                 "--config.init_rng_impl=rbg", *RUN],
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,24 +40,27 @@ def env(tmp_path_factory):
     return e
 
 
-def _train(workdir, env, *extra, **kw):
-    cmd = [sys.executable, "-m", "trellis_jax.train", *ARGS, "--workdir", str(workdir), *extra]
+def _train(workdir, env, *extra, task="ss_flow", **kw):
+    cmd = [sys.executable, "-m", "trellis_jax.train", *ARGS[task], "--workdir", str(workdir), *extra]
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600, **kw)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, env):
-    wd = tmp_path_factory.mktemp("uninterrupted")
-    res = _train(wd, env)
+# slat_vae: three compiles of the SLat VAE step under subprocesses, minutes on 2 CPU cores -> slow
+@pytest.fixture(scope="module", params=["ss_flow", pytest.param("slat_vae", marks=pytest.mark.slow)])
+def reference(request, tmp_path_factory, env):
+    task = request.param
+    wd = tmp_path_factory.mktemp(f"uninterrupted_{task}")
+    res = _train(wd, env, task=task)
     assert res.returncode == 0, res.stderr[-3000:]
     losses = read_step_losses(wd)
     assert sorted(losses) == list(range(TOTAL))
-    return losses
+    return task, wd, losses
 
 
 def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tmp_path, env, reference):
+    task, ref_dir, ref_losses = reference
     wd = tmp_path / "run"
-    cmd = [sys.executable, "-m", "trellis_jax.train", *ARGS, "--workdir", str(wd)]
+    cmd = [sys.executable, "-m", "trellis_jax.train", *ARGS[task], "--workdir", str(wd)]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     try:
@@ -68,12 +78,17 @@ def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tmp_path, en
     killed_at = max(read_step_losses(wd))
     assert EVERY + 3 <= killed_at < TOTAL - 1
 
-    res = _train(wd, env)
+    res = _train(wd, env, task=task)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resumed from" in res.stdout + res.stderr
     resumed = read_step_losses(wd)
     assert sorted(resumed) == list(range(TOTAL))
-    assert resumed == reference  # bit-identical per-step losses
+    assert resumed == ref_losses  # bit-identical per-step losses
+    # ... and the exported models (official checkpoints of the final weights) are byte-identical
+    exported = sorted(p.name for p in (ref_dir / "ckpts").iterdir())
+    assert exported and exported == sorted(p.name for p in (wd / "ckpts").iterdir())
+    for name in exported:
+        assert (wd / "ckpts" / name).read_bytes() == (ref_dir / "ckpts" / name).read_bytes(), name
 
 
 @pytest.mark.parametrize("every", [1, 3])

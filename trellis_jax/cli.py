@@ -3,7 +3,9 @@
     trellis-jax demo        the embedded end-to-end default (no weights needed)
     trellis-jax generate    image/text -> 3D assets from a pipeline directory (official or demo weights)
     trellis-jax edit        detail variation / region editing of a generated asset
+    trellis-jax builtin-data the built-in procedural meshes + captions -> a manifest (data_pipeline.builtin)
     trellis-jax build-data  meshes -> renders, voxels, features -> ArrayRecord (data_pipeline.build)
+    trellis-jax encode-data a built dataset + trained VAE encoders -> the same records + latents (data_pipeline.encode)
     trellis-jax train       rectified-flow / VAE training from an ml_collections config
     trellis-jax export      a generated asset's latents.npz -> PLY / GLB / preview with a pipeline's decoder
     trellis-jax convert     official checkpoint <-> check / re-save (dtype-exact), parameter counts
@@ -20,7 +22,9 @@ COMMANDS = {
     "demo": ("trellis_jax.demo", "the embedded end-to-end default"),
     "generate": ("trellis_jax.sample", "image/text -> 3D assets"),
     "edit": ("trellis_jax.edit", "detail variation and region editing"),
+    "builtin-data": ("data_pipeline.builtin", "write the built-in procedural dataset (meshes + manifest)"),
     "build-data": ("data_pipeline.build", "build an ArrayRecord dataset from a manifest"),
+    "encode-data": ("data_pipeline.encode", "add SS / SLat latents to a dataset with trained VAE encoders"),
     "train": ("trellis_jax.train", "train a model from a config"),
     "export": ("trellis_jax.export.cli", "export latents to PLY/GLB/preview"),
     "convert": ("trellis_jax.checkpoints.cli", "check / re-save official checkpoints"),
@@ -32,7 +36,7 @@ COMMANDS = {
 
 def usage() -> str:
     lines = [__doc__.splitlines()[0], "", "usage: trellis-jax COMMAND [args]", "", "commands:"]
-    lines += [f"  {name:<11} {desc}" for name, (_, desc) in COMMANDS.items()]
+    lines += [f"  {name:<12} {desc}" for name, (_, desc) in COMMANDS.items()]
     return "\n".join(lines)
 
 

@@ -3,16 +3,21 @@
     trellis-jax demo [--config experiments/demo.py:default] [--out DIR]
     python -m trellis_jax.demo
 
-1. builds the built-in dataset (procedural textured meshes with captions): renders, 32³ voxels,
-   voxel features from a frozen tiny DINOv2, ArrayRecord shards (held-out assets kept apart);
-2. trains the SS VAE (Dice + KL) and the SLat VAE (encoder + Gaussian decoder, by differentiable
-   splatting against the renders), encodes the dataset's SS and SLat latents, measures the SLat
-   normalisation statistics;
-3. trains G_S and G_L for image and for text conditions (rectified flow, CFG dropout);
-4. saves each pipeline as an official-format checkpoint directory (pipeline.json + ckpts/), reloads it
+1. writes the built-in dataset (procedural textured meshes with captions) and builds it, as a user's
+   script would, through the CLI (`builtin-data`, `build-data`): renders, 32³ voxels, voxel features
+   from a frozen tiny DINOv2, ArrayRecord shards (held-out assets kept apart);
+2. trains the SS VAE and the SLat VAE (encoder + Gaussian decoder, by differentiable splatting against
+   the renders) with the trainer (`trellis_jax.training.trainer.run`, the `trellis-jax train` loop),
+   reporting the SLat VAE's reconstruction PSNR on the held-out assets before and after training;
+   encodes the dataset's SS and SLat latents with the trained encoders (`encode-data`) and measures
+   the SLat normalisation statistics;
+3. trains G_S and G_L for image and for text conditions with the trainer (rectified flow, CFG dropout);
+4. saves each pipeline as an official-format checkpoint directory (`save_pipeline`), reloads it
    through the official loader, and samples the held-out images / captions in one jitted call each;
 5. writes per asset: gaussians.ply (3DGS), voxels.ply, voxels.glb, preview.png; prints where.
-The condition encoders have RANDOM frozen weights (pretrained DINOv2/CLIP cannot be downloaded here).
+Each training stage's workdir (checkpoints, metrics.jsonl, TensorBoard) is OUT/train/<stage>; a rerun
+resumes every stage from its last checkpoint. The condition encoders have RANDOM frozen weights
+(pretrained DINOv2/CLIP cannot be downloaded here).
 """
 from __future__ import annotations
 
@@ -22,57 +27,11 @@ import sys
 import time
 from pathlib import Path
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from tqdm import tqdm
-
-from trellis_jax.training.objective import flow_loss
-from trellis_jax.losses.slat_vae import slat_vae_loss
-from trellis_jax.losses.vae import dice_loss, kl_divergence
-from trellis_jax.models.registry import build_model, dummy_inputs
-from trellis_jax.sparse.tensor import SparseTensor
 
 
 def log(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-# ----------------------------------------------------------------------------- training helper
-def fit(name: str, loss_fn, params, batches, steps: int, lr: float, seed: int, log_dir: Path):
-    """AdamW (wd 0, betas 0.9/0.999) + global-norm clip 1.0; jitted donated step; losses to JSONL.
-
-    loss_fn(params, batch, rng) -> (loss, metrics dict). Stops with a clear error on a non-finite loss.
-    """
-    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(lr, 0.9, 0.999, 1e-8, weight_decay=0.0))
-    opt_state = tx.init(params)
-
-    @jax.jit
-    def step(params, opt_state, batch, rng):
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, optax.global_norm(grads), metrics
-
-    log_dir.mkdir(parents=True, exist_ok=True)
-    losses, t0, rng = [], time.time(), jax.random.PRNGKey(seed)
-    with open(log_dir / f"{name}.jsonl", "w") as f:
-        bar = tqdm(range(steps), desc=f"train {name}", unit="step", file=sys.stderr, mininterval=2)
-        for i in bar:
-            batch = next(batches)
-            rng, k = jax.random.split(rng)
-            params, opt_state, loss, gnorm, metrics = step(params, opt_state, batch, k)
-            loss = float(loss)
-            if not np.isfinite(loss):
-                raise FloatingPointError(f"{name}: non-finite loss at step {i}")
-            losses.append(loss)
-            rec = {"step": i, "loss": loss, "grad_norm": float(gnorm), **{k: float(v) for k, v in metrics.items()}}
-            f.write(json.dumps(rec) + "\n")
-            bar.set_postfix(loss=f"{loss:.4f}")
-    first, last = np.mean(losses[: max(1, len(losses) // 10)]), np.mean(losses[-max(1, len(losses) // 10):])
-    log(f"{name}: {steps} steps in {time.time() - t0:.0f}s, loss {first:.4f} -> {last:.4f}")
-    return params, {"first_loss": float(first), "last_loss": float(last), "seconds": time.time() - t0}
 
 
 def pair_outputs(results: list[dict], prompts: list[str]) -> tuple[list[dict], list[str]]:
@@ -83,183 +42,210 @@ def pair_outputs(results: list[dict], prompts: list[str]) -> tuple[list[dict], l
     return rows, [p for i, p in enumerate(prompts) if i not in done]
 
 
-def init_params(module, seed):
-    return nn.meta.unbox(module.init(jax.random.PRNGKey(seed), *dummy_inputs(module)))
+def command(*argv) -> None:
+    """Run a `trellis-jax` subcommand in-process (exactly as a shell script would call it)."""
+    from trellis_jax import cli
+
+    argv = [str(a) for a in argv]
+    log("$ trellis-jax " + " ".join(argv))
+    rc = cli.main(argv)
+    if rc != 0:
+        raise RuntimeError(f"`trellis-jax {' '.join(argv)}` failed (exit code {rc}); see the lines above")
+
+
+def stage_config(cfg, stage: str, data_path, *, batch_size: int, steps: int, extra=()):
+    """The trainer config of a demo stage: experiments/train/<task>.py:tiny + the demo's overrides
+    (raw weights exported, not the EMA of a few hundred steps; 'rbg' init, far faster to compile on CPU)."""
+    from trellis_jax.config_loader import load_config
+
+    s = cfg.stages[stage]
+    common = [f"seed={cfg.seed}", f"optimizer.lr={cfg.lr}", f"batch_size={batch_size}", f"total_steps={steps}",
+              f"ckpt_every={max(steps, 1)}", f"log_every={max(1, min(10, steps))}", "export_params=params", "init_rng_impl=rbg",
+              "data.kind=grain", f"data.path={data_path}", "data.worker_count=0"]
+    return load_config(s.config, [*s.overrides, *common, *extra])
+
+
+def train(cfg, stage: str, workdir: Path, tc) -> tuple[dict, Path]:
+    """One stage through the trainer -> (summary, the exported models' ckpts directory)."""
+    from trellis_jax.training.trainer import run
+
+    t0 = time.time()
+    res = run(tc, workdir, log=log)
+    losses = res["losses"]
+    summary = {"seconds": time.time() - t0, "steps": int(tc.total_steps), "workdir": str(workdir)}
+    if losses:
+        k = max(1, len(losses) // 10)
+        vals = [losses[s] for s in sorted(losses)]
+        summary.update(first_loss=float(np.mean(vals[:k])), last_loss=float(np.mean(vals[-k:])))
+        log(f"{stage}: {len(vals)} steps in {summary['seconds']:.0f}s, loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f}")
+    return summary, workdir / "ckpts"
+
+
+def largest_asset(directory) -> int:
+    """Most voxels of any asset in a built (or encoded) dataset."""
+    from trellis_jax.data import shards
+
+    return max(len(arrays["coords"]) for _, arrays in shards.read_dataset(str(directory), fields=("coords",)))
+
+
+def bucket(n: int, buckets) -> int:
+    fits = [b for b in sorted(buckets) if b >= n]
+    if not fits:
+        raise ValueError(f"an asset has {n} voxels, more than the largest capacity bucket {max(buckets)} (config capacity_buckets)")
+    return fits[0]
+
+
+def heldout_psnr(task, params, directory) -> float:
+    """Mean PSNR (dB) of the SLat VAE's reconstructions (posterior mean, white background) of every
+    stored view of every held-out asset, at the task's render size."""
+    from PIL import Image
+
+    from trellis_jax.data import shards
+    from trellis_jax.data.schema import unpack_png
+
+    fields = ("coords", "features", "views_png", "views_png_offsets", "views_extrinsics", "views_intrinsics")
+    psnrs, S, L = [], task.render_size, task.capacity
+    for meta, a in shards.read_dataset(str(directory), fields=fields):
+        n = len(a["coords"])
+        coords = np.zeros((1, L, 3), np.int32)
+        feats = np.zeros((1, L, a["features"].shape[-1]), np.float32)
+        coords[0, :n], feats[0, :n] = a["coords"], a["features"]
+        mask = (np.arange(L) < n)[None]
+        views = [unpack_png(a["views_png"], a["views_png_offsets"], v) for v in range(len(a["views_png_offsets"]) - 1)]
+        rgba = np.stack([np.asarray(Image.fromarray(x).resize((S, S), Image.Resampling.LANCZOS)) for x in views]) / 255.0
+        target = rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])
+        pred = np.asarray(task.reconstruct(params, coords, feats, mask, np.asarray(a["views_extrinsics"], np.float32),
+                                           np.asarray(a["views_intrinsics"], np.float32)))
+        mse = np.mean(np.square(pred - target), axis=(1, 2, 3))
+        psnrs += list(-10 * np.log10(np.maximum(mse, 1e-12)))
+    return float(np.mean(psnrs))
+
+
+def slat_statistics(latents_dir) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean/std of the encoded SLat latents (the reference's stat_latent rule: mean of the
+    per-asset means, std from the mean of per-asset second moments)."""
+    from trellis_jax.data import shards
+
+    means, sq = [], []
+    for _, a in shards.read_dataset(str(latents_dir), fields=("slat",)):
+        means.append(a["slat"].mean(0))
+        sq.append(np.square(a["slat"]).mean(0))
+    mean = np.mean(means, 0)
+    return mean, np.sqrt(np.maximum(np.mean(sq, 0) - mean**2, 1e-8))
+
+
+def load_exported(ckpts: Path, model_cfg) -> tuple:
+    """(checkpoint name, class_name, args, params) of a model the trainer exported to `ckpts`."""
+    from trellis_jax.checkpoints import load_model
+
+    _, params = load_model(ckpts / model_cfg.checkpoint)
+    return (model_cfg.checkpoint, model_cfg.class_name, model_cfg.args.to_dict(), params)
 
 
 # ----------------------------------------------------------------------------- the job
 def run(cfg) -> dict:
-    from data_pipeline import build as dp_build
-    from data_pipeline import config as dp_config
-    from trellis_jax.data import shards
-    from data_pipeline.builtin import write_builtin
-    from data_pipeline.encode import encode_dataset, encoders_from_modules
-    from trellis_jax.data.loaders import RecordSource, make_loader
-    from trellis_jax.data.schema import unpack_png
-    from trellis_jax.checkpoints import save_model
-    from trellis_jax.conditioning import load_image_conditioner, load_text_conditioner
-    from trellis_jax.encoders.dinov2 import image_condition
-    from trellis_jax.encoders.clip_text import text_condition
     from trellis_jax.atomic import atomic_write_text, check_output_dir
+    from trellis_jax.checkpoints import save_pipeline
+    from trellis_jax.conditioning import load_image_conditioner, load_text_conditioner
+    from trellis_jax.data import shards
+    from trellis_jax.data.schema import unpack_png
     from trellis_jax.sample import generate, load_generator
+    from trellis_jax.training.trainer import build_task, initial_params
 
     t_start = time.time()
     out = Path(cfg.out)
     for kind in cfg.conditions:  # a finished run's samples are never overwritten (checked before training)
         check_output_dir(out / "samples" / kind)
-    R, B = cfg.voxel_resolution, cfg.batch_size
+    R, B, steps = cfg.voxel_resolution, cfg.batch_size, cfg.steps
     summary: dict = {"config": cfg.to_dict(), "stages": {}}
     log(f"writing everything under {out.resolve()}")
 
-    # 1. data --------------------------------------------------------------------------------
+    # 1. data, through the CLI -------------------------------------------------------------------
     t0 = time.time()
     data = out / "data"
     manifest = data / "manifest.json"
     if not manifest.exists():
-        write_builtin(str(data), procedural=cfg.num_assets, pybullet=0, seed=cfg.seed)
-    entries = dp_config.read_manifest(str(manifest))
-    train_entries, held_entries = entries[: -cfg.held_out], entries[-cfg.held_out:]
-    dcfg = dp_config.get_config()
-    dcfg.update(dict(cfg.data.to_dict(), voxel_resolution=R, encoder="tiny", encoder_image_size=70, batch_views=4,
-                     store_cond_views=-1, shard_size=8, seed=cfg.seed))
-    dp_build.build(train_entries, str(data / "train"), dcfg, progress=False, log=log)
-    dp_build.build(held_entries, str(data / "heldout"), dcfg, progress=False, log=log)
+        command("builtin-data", "--out", data, "--procedural", cfg.num_assets, "--pybullet", 0, "--seed", cfg.seed)
+    n_train = int(cfg.num_assets) - int(cfg.held_out)
+    sets = [f"{k}={v}" for k, v in dict(cfg.data.to_dict(), voxel_resolution=R, encoder="tiny", encoder_image_size=70,
+                                         batch_views=4, store_cond_views=-1, shard_size=8, seed=cfg.seed).items()]
+    sets = [a for s in sets for a in ("--set", s)]
+    command("build-data", "--manifest", manifest, "--out", data / "train", "--limit", n_train, "--no-progress", *sets)
+    command("build-data", "--manifest", manifest, "--out", data / "heldout", "--skip", n_train, "--no-progress", *sets)
     summary["stages"]["data"] = time.time() - t0
-
-    image_cond = load_image_conditioner(None, "tiny", seed=cfg.seed)
-    text_cond = load_text_conditioner(None, "tiny", seed=cfg.seed) if "text" in cfg.conditions else None
-    log(f"condition encoders: {image_cond.description}" + (f"; {text_cond.description}" if text_cond else ""))
-    buckets = tuple(cfg.capacity_buckets)
-    cap = max(buckets)
-    M = cfg.models
-    loader = lambda stage, **kw: iter(make_loader(str(kw.pop("root", data / "train")), stage, batch_size=kw.pop("bs", B),
-                                                  buckets=kw.pop("buckets", (cap,)), max_voxels=cap, resolution=R, shuffle=True, seed=cfg.seed,
-                                                  shard_index=0, shard_count=1, **kw))
+    cap = bucket(largest_asset(data / "train"), cfg.capacity_buckets)
+    work = out / "train"
 
     # 2a. SS VAE ------------------------------------------------------------------------------
-    ss_enc = build_model("SparseStructureEncoder", M.ss_enc.to_dict())
-    ss_dec = build_model("SparseStructureDecoder", M.ss_dec.to_dict())
-    ss_params = {"enc": init_params(ss_enc, cfg.seed), "dec": init_params(ss_dec, cfg.seed + 1)}
-
-    def ss_vae_loss(p, batch, rng):
-        x = batch["occupancy"]
-        z, mean, logvar = ss_enc.apply(p["enc"], x, sample_posterior=True, rng=rng)
-        logits = ss_dec.apply(p["dec"], z)
-        dice = dice_loss(logits, x)
-        kl = kl_divergence(mean, logvar)
-        return dice + 1e-3 * kl, {"dice": dice, "kl": kl}
-
-    ss_params, summary["ss_vae"] = fit("ss_vae", ss_vae_loss, ss_params, loader("ss_vae", bs=cfg.ss_vae_batch_size), cfg.steps.ss_vae, cfg.lr, cfg.seed, out / "logs")
+    ss_cfg = stage_config(cfg, "ss_vae", data / "train", batch_size=B.ss_vae, steps=steps.ss_vae, extra=[f"data.resolution={R}"])
+    summary["ss_vae"], ss_ckpts = train(cfg, "ss_vae", work / "ss_vae", ss_cfg)
 
     # 2b. SLat VAE (encoder + Gaussian decoder, trained by rendering) -------------------------
-    slat_enc = build_model("SLatEncoder", M.slat_enc.to_dict())
-    gs_dec = build_model("SLatGaussianDecoder", M.slat_dec_gs.to_dict())
-    slat_params = {"encoder": init_params(slat_enc, cfg.seed + 2), "decoder": init_params(gs_dec, cfg.seed + 3)}
-    vae_batches = (dict(coords=b["coords"], feats=b["feats"].astype(np.float32), mask=b["mask"], image=b["image"], alpha=b["alpha"],
-                        extrinsics=b["extrinsics"], intrinsics=b["intrinsics"])
-                   for b in loader("slat_vae", render_size=cfg.render_resolution, bs=max(1, B // 2)))
-    slat_params, summary["slat_vae"] = fit("slat_vae", lambda p, b, r: slat_vae_loss(slat_enc, gs_dec, p, b, r), slat_params,
-                                           vae_batches, cfg.steps.slat_vae, cfg.lr, cfg.seed, out / "logs")
+    sv_cfg = stage_config(cfg, "slat_vae", data / "train", batch_size=B.slat_vae, steps=steps.slat_vae,
+                          extra=[f"data.capacity={cap}", f"data.render_size={cfg.render_resolution}"])
+    sv_task = build_task(sv_cfg)
+    held_cap = largest_asset(data / "heldout")
+    if held_cap > cap:
+        raise ValueError(f"a held-out asset has {held_cap} voxels, more than the training capacity {cap}")
+    psnr_before = heldout_psnr(sv_task, initial_params(sv_cfg, sv_task), data / "heldout")
+    summary["slat_vae"], slat_ckpts = train(cfg, "slat_vae", work / "slat_vae", sv_cfg)
+    enc_m, dec_m = sv_cfg.model.encoder, sv_cfg.model.decoder
+    slat_dec = load_exported(slat_ckpts, dec_m)
+    psnr_after = heldout_psnr(sv_task, {"encoder": load_exported(slat_ckpts, enc_m)[3], "decoder": slat_dec[3]}, data / "heldout")
+    summary["slat_vae"].update(heldout_psnr_before=psnr_before, heldout_psnr_after=psnr_after)
+    log(f"slat_vae: held-out reconstruction PSNR {psnr_before:.2f} dB at initialisation -> {psnr_after:.2f} dB trained")
 
-    # 2c. encode the dataset, SLat statistics ---------------------------------------------------
+    # 2c. encode the dataset with the trained encoders (CLI), SLat statistics -------------------
     t0 = time.time()
-    ss_encode, slat_encode = encoders_from_modules(ss_enc, ss_params["enc"], slat_enc, slat_params["encoder"])
-    encode_dataset(str(data / "train"), str(data / "train_latents"), ss_encode, slat_encode, voxel_bucket=cap, progress=False, log=log)
-    src = RecordSource(shards.list_shards(str(data / "train_latents")), ("slat",))
-    means = np.stack([src[i]["slat"].mean(0) for i in range(len(src))])
-    sq = np.stack([np.square(src[i]["slat"]).mean(0) for i in range(len(src))])
-    slat_mean = means.mean(0)
-    slat_std = np.sqrt(np.maximum(sq.mean(0) - slat_mean**2, 1e-8))
+    latents = data / "train_latents"
+    command("encode-data", "--in", data / "train", "--out", latents, "--ss-encoder", ss_ckpts / ss_cfg.model.encoder.checkpoint,
+            "--slat-encoder", slat_ckpts / enc_m.checkpoint, "--voxel-bucket", cap)
+    slat_mean, slat_std = slat_statistics(latents)
     summary["stages"]["encode"] = time.time() - t0
     log(f"SLat normalisation (stat_latent rule): mean {np.round(slat_mean, 3).tolist()} std {np.round(slat_std, 3).tolist()}")
+    ss_dec = load_exported(ss_ckpts, ss_cfg.model.decoder)
 
-    # 3. flows, per condition kind --------------------------------------------------------------
+    # 3. flows, per condition kind, and 4. the pipelines ------------------------------------------
     pipelines = {}
     for kind in cfg.conditions:
-        enc = image_cond if kind == "image" else text_cond
-        cc = enc.model.config.hidden_size
+        enc = load_image_conditioner(None, "tiny", seed=cfg.seed) if kind == "image" else load_text_conditioner(None, "tiny", seed=cfg.seed)
+        cond = [f"cond.kind={kind}", "cond.arch=tiny", f"model.args.cond_channels={enc.model.config.hidden_size}"]
+        gs_cfg = stage_config(cfg, "ss_flow", latents, batch_size=B.ss_flow, steps=steps.ss_flow, extra=cond)
+        summary[f"ss_flow_{kind}"], gs_ckpts = train(cfg, f"ss_flow_{kind}", work / f"ss_flow_{kind}", gs_cfg)
+        gl_cfg = stage_config(cfg, "slat_flow", latents, batch_size=B.slat_flow, steps=steps.slat_flow,
+                              extra=cond + [f"data.capacity={cap}"])
+        gl_cfg.slat_normalization.mean, gl_cfg.slat_normalization.std = slat_mean.tolist(), slat_std.tolist()
+        summary[f"slat_flow_{kind}"], gl_ckpts = train(cfg, f"slat_flow_{kind}", work / f"slat_flow_{kind}", gl_cfg)
 
-        def encode_cond(batch, enc=enc, kind=kind):
-            if kind == "image":
-                return image_condition(enc.model, enc.params, batch["cond_image"])
-            return text_condition(enc.model, enc.params, batch["input_ids"])
-
-        neg = enc.negative(1)
-        prep = (lambda b: {**{k: v for k, v in b.items() if k != "caption"}, "input_ids": text_cond.tokenizer(list(b["caption"]))}) \
-            if kind == "text" else (lambda b: b)
-        gs = build_model("SparseStructureFlowModel", dict(M.ss_flow.to_dict(), cond_channels=cc))
-        gs_params = init_params(gs, cfg.seed + 4)
-
-        def gs_loss(p, batch, rng, gs=gs, encode_cond=encode_cond, neg=neg):
-            c = jax.lax.stop_gradient(encode_cond(batch))
-            loss = flow_loss(lambda x, t, cnd: gs.apply(p, x, t, cnd), batch["ss_latent"], c, neg, rng)
-            return loss, {}
-
-        gs_params, summary[f"ss_flow_{kind}"] = fit(
-            f"ss_flow_{kind}", gs_loss, gs_params,
-            (prep(b) for b in loader("ss_flow", root=data / "train_latents", cond=kind, cond_image_size=image_cond.image_size)),
-            cfg.steps.ss_flow, cfg.lr, cfg.seed, out / "logs")
-
-        gl = build_model("SLatFlowModel", dict(M.slat_flow.to_dict(), cond_channels=cc))
-        gl_params = init_params(gl, cfg.seed + 5)
-
-        def gl_loss(p, batch, rng, gl=gl, encode_cond=encode_cond, neg=neg):
-            c = jax.lax.stop_gradient(encode_cond(batch))
-            coords, mask = batch["coords"], batch["mask"]
-            vel = lambda x, t, cnd: gl.apply(p, SparseTensor(coords, x, mask, R), t, cnd).feats
-            return flow_loss(vel, batch["feats"], c, neg, rng, mask=mask), {}
-
-        gl_params, summary[f"slat_flow_{kind}"] = fit(
-            f"slat_flow_{kind}", gl_loss, gl_params,
-            (prep(b) for b in loader("slat_flow", root=data / "train_latents", cond=kind, cond_image_size=image_cond.image_size,
-                                     slat_normalization=(slat_mean, slat_std), bs=cfg.slat_flow_batch_size, buckets=buckets)),
-            cfg.steps.slat_flow, cfg.lr, cfg.seed, out / "logs")
-
-        # 4. save as an official-format pipeline directory ------------------------------------
-        wdir = out / f"weights_{kind}"
-        names = {"sparse_structure_decoder": ("ss_dec", "SparseStructureDecoder", M.ss_dec.to_dict(), ss_params["dec"]),
-                 "sparse_structure_flow_model": ("ss_flow", "SparseStructureFlowModel", dict(M.ss_flow.to_dict(), cond_channels=cc), gs_params),
-                 "slat_flow_model": ("slat_flow", "SLatFlowModel", dict(M.slat_flow.to_dict(), cond_channels=cc), gl_params),
-                 "slat_decoder_gs": ("slat_dec_gs", "SLatGaussianDecoder", M.slat_dec_gs.to_dict(), slat_params["decoder"])}
-        for role, (fname, cls, args, p) in names.items():
-            save_model(wdir / "ckpts" / fname, cls, args, p)
-        save_model(wdir / "ckpts" / "ss_enc", "SparseStructureEncoder", M.ss_enc.to_dict(), ss_params["enc"])
-        save_model(wdir / "ckpts" / "slat_enc", "SLatEncoder", M.slat_enc.to_dict(), slat_params["encoder"])
         sampler = {"name": "FlowEulerGuidanceIntervalSampler", "args": {"sigma_min": 1e-5}, "params": cfg.sampler.to_dict()}
         sampler["params"]["cfg_interval"] = list(sampler["params"]["cfg_interval"])
-        pipeline_json = {
-            "name": "TrellisImageTo3DPipeline" if kind == "image" else "TrellisTextTo3DPipeline",
-            "args": {
-                "models": {role: f"ckpts/{names[role][0]}" for role in names},
-                "sparse_structure_sampler": sampler, "slat_sampler": sampler,
-                "slat_normalization": {"mean": slat_mean.tolist(), "std": slat_std.tolist()},
-                ("image_cond_model" if kind == "image" else "text_cond_model"): "tiny-random",
-                "cond_encoder": {"kind": kind, "arch": "tiny", "seed": cfg.seed, "weights": None},
-            },
-        }
-        atomic_write_text(wdir / "pipeline.json", json.dumps(pipeline_json, indent=2))
+        wdir = out / f"weights_{kind}"
+        save_pipeline(wdir, kind, {"sparse_structure_decoder": ss_dec,
+                                   "sparse_structure_flow_model": load_exported(gs_ckpts, gs_cfg.model),
+                                   "slat_flow_model": load_exported(gl_ckpts, gl_cfg.model),
+                                   "slat_decoder_gs": slat_dec},
+                      ss_sampler=sampler, slat_sampler=sampler, slat_normalization={"mean": slat_mean, "std": slat_std},
+                      cond_model="tiny-random", cond_encoder={"kind": kind, "arch": "tiny", "seed": cfg.seed, "weights": None})
         pipelines[kind] = wdir
         log(f"saved the {kind}-conditioned pipeline to {wdir}")
 
     # 5. sample held-out prompts through the official loader --------------------------------------
+    from PIL import Image
+
     t0 = time.time()
-    held = RecordSource(shards.list_shards(str(data / "heldout")), ("cond_png", "cond_png_offsets"))
     prompts = out / "prompts"
     prompts.mkdir(parents=True, exist_ok=True)
     image_paths, captions = [], []
-    for i in range(len(held)):
-        rec = held[i]
-        from PIL import Image
-
-        p = prompts / f"{rec['id']}.png"
+    for meta, rec in shards.read_dataset(str(data / "heldout"), fields=("cond_png", "cond_png_offsets")):
+        p = prompts / f"{meta['id']}.png"
         Image.fromarray(unpack_png(rec["cond_png"], rec["cond_png_offsets"], 0)).save(p)
         image_paths.append(p)
-        captions.append(rec["captions"][0] if rec["captions"] else "")
+        captions.append(meta["captions"][0] if meta.get("captions") else "")
     results = {}
     for kind, wdir in pipelines.items():
         pipe, cmodel, k = load_generator(wdir, capacity=cfg.sample_capacity)
         results[kind] = generate(pipe, cmodel, k, images=image_paths if kind == "image" else (), texts=captions if kind == "text" else (),
-                                 seeds=[cfg.seed + i for i in range(len(held))], out_dir=out / "samples" / kind, resolution=R, log=log)
+                                 seeds=[cfg.seed + i for i in range(len(image_paths))], out_dir=out / "samples" / kind, resolution=R, log=log)
     summary["stages"]["sample"] = time.time() - t0
     summary["prompts"] = {"images": [str(p) for p in image_paths], "captions": captions}
     summary["outputs"], summary["skipped"] = {}, {}
@@ -275,8 +261,9 @@ def run(cfg) -> dict:
             log(f"  [{kind}: {row['prompt']}] {row['dir']}: gaussians.ply voxels.ply voxels.glb preview.png")
         for prompt in summary["skipped"][kind]:
             log(f"  [{kind}: {prompt}] NOT exported (see the sample lines above)")
+    log(f"  SLat VAE held-out reconstruction PSNR: {psnr_before:.2f} dB (init) -> {psnr_after:.2f} dB (trained)")
     log(f"  pipelines (official checkpoint layout): {', '.join(str(p) for p in pipelines.values())}")
-    log(f"  loss curves: {out / 'logs'}; summary: {out / 'summary.json'}")
+    log(f"  training workdirs (metrics.jsonl, tb/): {work}; summary: {out / 'summary.json'}")
     return summary
 
 
@@ -290,9 +277,14 @@ def main(argv=None) -> int:
     cfg = load_config(args.config)
     if args.out:
         cfg.out = args.out
+    from trellis_jax.training.trainer import NonFiniteError
+
     try:
         run(cfg)
-    except FileExistsError as e:
+    except NonFiniteError as e:
+        print(f"trellis-jax demo: error: {e}", file=sys.stderr)
+        return 1
+    except (FileExistsError, RuntimeError, ValueError) as e:  # a failed CLI step names its own problem above
         print(f"trellis-jax demo: error: {e}", file=sys.stderr)
         return 2
     return 0

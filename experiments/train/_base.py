@@ -37,6 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.log_every = 500                  # tensorboard scalars (per-step losses always go to metrics.jsonl)
     c.ckpt_every = 10_000
     c.keep_checkpoints = 3
+    c.export_params = "ema"            # weights written to WORKDIR/ckpts at the end: 'ema' (as released) or 'params'
     c.async_checkpoints = True
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.sharding = ml_collections.ConfigDict({"rules": None})   # None: trellis_jax.training.sharding.DEFAULT_RULES

@@ -5,7 +5,8 @@
     state = init_fn(jax.random.PRNGKey(cfg.seed))          # TrainState placed with `shardings`
     frozen = frozen_inputs(task, mesh, rules)               # non-trained params (frozen condition encoder)
     state, metrics = step_fn(state, shard_batch(batch, mesh), frozen)
-    run(cfg, workdir)                                       # the whole loop, resuming from workdir
+    run(cfg, workdir)                                       # the whole loop, resuming from workdir;
+                                                            # ends by exporting the task's networks to workdir/ckpts
 
 Step s (0-based) uses rng fold_in(state.rng, s) and the s-th batch of the data iterator; a step whose
 loss or gradient is non-finite leaves the state unchanged and stops the run (`NonFiniteError`,
@@ -27,7 +28,7 @@ from trellis_jax.training import sharding as sh
 from trellis_jax.training.optimizer import clip_stats, ema_update, lr_schedule, make_optimizer
 
 __all__ = ["TrainState", "build_task", "make_optimizer", "compile_train", "frozen_inputs", "accumulated_grad", "abstract_like",
-           "run", "NonFiniteError"]
+           "run", "NonFiniteError", "initial_params", "export_models"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -43,15 +44,51 @@ class TrainState(struct.PyTreeNode):
 
 
 def build_task(cfg):
-    """The Task of cfg.task ('ss_flow' | 'slat_flow' | 'ss_vae')."""
+    """The Task of cfg.task ('ss_flow' | 'slat_flow' | 'ss_vae' | 'slat_vae')."""
     from trellis_jax.training.tasks.slat_flow import SLatFlowTask
+    from trellis_jax.training.tasks.slat_vae import SLatVAETask
     from trellis_jax.training.tasks.ss_flow import SSFlowTask
     from trellis_jax.training.tasks.ss_vae import SSVAETask
 
-    tasks = {"ss_flow": SSFlowTask, "slat_flow": SLatFlowTask, "ss_vae": SSVAETask}
+    tasks = {"ss_flow": SSFlowTask, "slat_flow": SLatFlowTask, "ss_vae": SSVAETask, "slat_vae": SLatVAETask}
     if cfg.task not in tasks:
         raise ValueError(f"config task must be one of {sorted(tasks)}, got {cfg.task!r}")
     return tasks[cfg.task](cfg)
+
+
+def _init_keys(cfg, rng):
+    """(parameter-init key, training key) of TrainState from the run's base key."""
+    k_init, k_train = jax.random.split(rng)
+    impl = cfg.get("init_rng_impl", "threefry2x32")
+    if impl != "threefry2x32":  # e.g. 'rbg': one RngBitGenerator op per tensor, far faster to compile on CPU
+        k_init = jax.random.wrap_key_data(jnp.concatenate([k_init, k_init[::-1] ^ jnp.uint32(0x9E3779B9)]), impl=impl)
+    return k_init, k_train
+
+
+def initial_params(cfg, task):
+    """The unboxed parameters a run of cfg starts from at step 0 (as `compile_train`'s init_fn draws them
+    from PRNGKey(cfg.seed)): e.g. to measure a model before training."""
+    return nn.meta.unbox(task.init_params(_init_keys(cfg, jax.random.PRNGKey(int(cfg.seed)))[0]))
+
+
+def export_models(cfg, task, state: TrainState, directory: str | Path) -> list[Path]:
+    """Write task.export_models of the run's weights (cfg.export_params: 'ema', as the released
+    checkpoints, or 'params') as official-format checkpoints DIRECTORY/NAME.{json,safetensors}.
+    Returns the .json paths. Every process joins the gather; process 0 writes."""
+    from trellis_jax.checkpoints import save_model
+
+    which = cfg.get("export_params", "ema")
+    if which not in ("ema", "params"):
+        raise ValueError(f"config export_params must be 'ema' or 'params', got {which!r}")
+    params = state.ema_params if which == "ema" else state.params
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        params = multihost_utils.process_allgather(params, tiled=True)
+    params = jax.device_get(params)
+    if jax.process_index() != 0:
+        return []
+    return [save_model(Path(directory) / name, cls, args, p)[0] for name, (cls, args, p) in task.export_models(params).items()]
 
 
 def accumulated_grad(loss_fn, batch_split: int, mesh):
@@ -120,12 +157,8 @@ def compile_train(cfg, task, mesh, rules):
     tx = make_optimizer(cfg)
     decay = float(cfg.ema.decay)
 
-    impl = cfg.get("init_rng_impl", "threefry2x32")
-
     def boxed_state(rng):
-        k_init, k_train = jax.random.split(rng)
-        if impl != "threefry2x32":  # e.g. 'rbg': one RngBitGenerator op per tensor, far faster to compile on CPU
-            k_init = jax.random.wrap_key_data(jnp.concatenate([k_init, k_init[::-1] ^ jnp.uint32(0x9E3779B9)]), impl=impl)
+        k_init, k_train = _init_keys(cfg, rng)
         params = task.init_params(k_init)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                           ema_params=params, rng=k_train)
@@ -223,8 +256,9 @@ def _run(cfg, workdir: Path, log) -> dict:
         if jax.process_index() == 0:  # only once the resume is accepted: a rejected one keeps the old config.json
             atomic_write_text(workdir / "config.json", cfg.to_json_best_effort(indent=1))
         if start >= total:
-            log(f"train: already at step {start} >= total_steps {total}; nothing to do")
-            return {"start": start, "end": start, "losses": {}}
+            exported = export_models(cfg, task, state, workdir / "ckpts")  # (again: a run killed before its export)
+            log(f"train: already at step {start} >= total_steps {total}; nothing to train, models exported again")
+            return {"start": start, "end": start, "losses": {}, "models": exported}
         n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
         log(f"train: task {cfg.task}, {n_params:,} params, mesh {dict(mesh.shape)}, batch {cfg.batch_size}, "
             f"steps {start}..{total - 1}, workdir {workdir}")
@@ -282,9 +316,10 @@ def _run(cfg, workdir: Path, log) -> dict:
                 ckpt.save(s + 1, state, batches.get_state())
                 last_saved = s + 1
         ckpt.wait()
+        exported = export_models(cfg, task, state, workdir / "ckpts")
         log(f"train: done, {total - start} steps; loss {losses[start]:.5f} -> {losses[total - 1]:.5f}; "
-            f"checkpoint {ckpt.path(last_saved)}")
-        return {"start": start, "end": total, "losses": losses, "compile_seconds": compile_s}
+            f"checkpoint {ckpt.path(last_saved)}" + (f"; models {', '.join(str(p) for p in exported)}" if exported else ""))
+        return {"start": start, "end": total, "losses": losses, "compile_seconds": compile_s, "models": exported}
     finally:
         logger.close()
         ckpt.close()

@@ -43,6 +43,13 @@ def compute_dtype(cfg):
     return getattr(jnp, name)
 
 
+def encoder_decoder_models(model_cfg, params) -> dict[str, tuple[str, dict, Any]]:
+    """`Task.export_models` of a VAE task: model_cfg.{encoder,decoder} (checkpoint, class_name, args)
+    with params {'encoder', 'decoder'}."""
+    return {m.checkpoint: (m.class_name, m.args.to_dict(), params[role])
+            for role, m in (("encoder", model_cfg.encoder), ("decoder", model_cfg.decoder))}
+
+
 class Condition:
     """The condition of a flow task; its frozen encoder runs inside the jitted train step.
 
@@ -196,6 +203,11 @@ class Task:
         """The non-trained params the loss needs ({} when none), passed to the step beside the state."""
         return {}
 
+    def export_models(self, params) -> dict[str, tuple[str, dict, Any]]:
+        """{checkpoint name: (class_name, args, params)}: the trained networks, written by the trainer
+        at the end of a run as official-format checkpoints (WORKDIR/ckpts/NAME.{json,safetensors})."""
+        raise NotImplementedError
+
     # -- data --------------------------------------------------------------------------------
     def synthetic_batch(self, batch_size: int, rng) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -239,6 +251,10 @@ class FlowTask(Task):
 
     def init_params(self, rng):
         return self.model.init(rng, *dummy_inputs(self.model))
+
+    def export_models(self, params):
+        m = self.cfg.model
+        return {m.checkpoint: (m.class_name, m.args.to_dict(), params)}
 
     def frozen_shapes(self):
         return self.cond.frozen_shapes()

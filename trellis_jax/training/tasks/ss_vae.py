@@ -11,7 +11,7 @@ import optax
 
 from trellis_jax.losses.vae import dice_loss, kl_divergence
 from trellis_jax.models.registry import build_model, dummy_inputs
-from trellis_jax.training.tasks.base import Task, compute_dtype, np_rng
+from trellis_jax.training.tasks.base import Task, compute_dtype, encoder_decoder_models, np_rng
 
 
 class SSVAETask(Task):
@@ -31,6 +31,9 @@ class SSVAETask(Task):
         k1, k2 = jax.random.split(rng)
         return {"encoder": self.encoder.init(k1, *dummy_inputs(self.encoder)),
                 "decoder": self.decoder.init(k2, *dummy_inputs(self.decoder))}
+
+    def export_models(self, params):
+        return encoder_decoder_models(self.cfg.model, params)
 
     def loss(self, params, batch, rng, frozen=None):
         w = self.cfg.loss
