@@ -123,7 +123,8 @@ def test_gradient_matches_finite_differences():
         return jnp.sum(o.rgb * wts[..., :3]) + jnp.sum(o.depth * wts[..., 3]) + jnp.sum(o.alpha * wts[..., 4])
 
     x = [jnp.asarray(f[k]) for k in ("trivec", "density", "features_dc")]
-    grads = jax.grad(loss, argnums=(0, 1, 2))(*x)
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*x)
+    loss = jax.jit(loss)
     assert all(float(jnp.abs(g).max()) > 0 for g in grads)
     assert float(jnp.abs(grads[0][~f["mask"]]).max()) == 0.0  # padding voxels get no gradient
     g = np.random.default_rng(2)
