@@ -1,5 +1,5 @@
 """Checkpoint/resume of the trainer: a run killed with SIGKILL after a checkpoint and resumed logs the
-same per-step losses as an uninterrupted run; a corrupt checkpoint is a clear error naming its path
+same per-step losses as an uninterrupted run (ss_flow, and the rf_decoder / mesh_decoder tasks); a corrupt checkpoint is a clear error naming its path
 (nothing deleted); a non-finite loss stops the run naming the step and keeps the last good checkpoint.
 
 Training runs are subprocesses of `python -m trellis_jax.train` sharing a persistent compilation cache."""
@@ -22,6 +22,14 @@ REPO = Path(__file__).resolve().parents[1]
 TOTAL, EVERY = 40, 10
 ARGS = ["--config", "experiments/train/ss_flow.py:tiny", "--config.model.args.model_channels=32",
         "--config.model.args.num_blocks=1", f"--config.total_steps={TOTAL}", f"--config.ckpt_every={EVERY}"]
+# task -> (arguments, total steps, checkpoint interval); the decoder tasks render, so fewer, smaller steps
+RUNS = {
+    "ss_flow": (ARGS, TOTAL, EVERY),
+    "rf_decoder": (["--config", "experiments/train/rf_decoder.py:tiny", "--config.data.capacity=64",
+                    "--config.render.image_size=16", "--config.total_steps=10", "--config.ckpt_every=3"], 10, 3),
+    "mesh_decoder": (["--config", "experiments/train/mesh_decoder.py:tiny", "--config.data.capacity=32",
+                      "--config.render.image_size=16", "--config.total_steps=10", "--config.ckpt_every=3"], 10, 3),
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,22 +41,26 @@ def env(tmp_path_factory):
     return e
 
 
-def _train(workdir, env, *extra, **kw):
-    cmd = [sys.executable, "-m", "trellis_jax.train", *ARGS, "--workdir", str(workdir), *extra]
+def _train(workdir, env, *extra, args=ARGS, **kw):
+    cmd = [sys.executable, "-m", "trellis_jax.train", *args, "--workdir", str(workdir), *extra]
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600, **kw)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, env):
-    wd = tmp_path_factory.mktemp("uninterrupted")
-    res = _train(wd, env)
+@pytest.fixture(scope="module", params=list(RUNS))
+def reference(request, tmp_path_factory, env):
+    name = request.param
+    args, total, every = RUNS[name]
+    wd = tmp_path_factory.mktemp(f"uninterrupted_{name}")
+    res = _train(wd, env, args=args)
     assert res.returncode == 0, res.stderr[-3000:]
     losses = read_step_losses(wd)
-    assert sorted(losses) == list(range(TOTAL))
-    return losses
+    assert sorted(losses) == list(range(total))
+    return name, losses
 
 
 def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tmp_path, env, reference):
+    name, reference = reference
+    ARGS, TOTAL, EVERY = RUNS[name]
     wd = tmp_path / "run"
     cmd = [sys.executable, "-m", "trellis_jax.train", *ARGS, "--workdir", str(wd)]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -68,7 +80,7 @@ def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tmp_path, en
     killed_at = max(read_step_losses(wd))
     assert EVERY + 3 <= killed_at < TOTAL - 1
 
-    res = _train(wd, env)
+    res = _train(wd, env, args=ARGS)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resumed from" in res.stdout + res.stderr
     resumed = read_step_losses(wd)

@@ -78,20 +78,24 @@ def voxel_index_grid(field: Strivec) -> jax.Array:
 
 def evaluate_field(field: Strivec, voxel: jax.Array, local: jax.Array):
     """Density σ [...] and colour [..., 3] at points `local` [..., 3] ∈ [0, 1]³ inside active voxels
-    `voxel` int32 [...] (the CP formula of the module docstring)."""
+    `voxel` int32 [...] (the CP formula of the module docstring).
+
+    Each point gathers its voxel's whole parameter row (one contiguous gather, so the backward pass is a
+    row scatter-add rather than one scatter per factor entry) and interpolates with dense hat weights."""
     L, R, _, D = field.trivec.shape
+    table = jnp.concatenate([field.trivec.reshape(L, -1), field.density, field.features_dc.reshape(L, -1)], -1)
+    rows = table[voxel]  # [..., R·3·D + R + 3R]
+    tri = rows[..., : R * 3 * D].reshape(voxel.shape + (R, 3, D))
+    dens = rows[..., R * 3 * D : R * 3 * D + R]
+    fdc = rows[..., R * 3 * D + R :].reshape(voxel.shape + (R, 3))
     u = local * D - 0.5
-    i0 = jnp.clip(jnp.floor(u), 0, D - 2).astype(jnp.int32)  # [..., 3]
-    frac = u - i0
-    v = voxel[..., None, None]  # [..., 1, 1]
-    r = jnp.arange(R)[:, None]  # [R, 1]
-    a = jnp.arange(3)[None, :]  # [1, 3]
-    base = ((v * R + r) * 3 + a) * D + i0[..., None, :]  # [..., R, 3]
-    flat = field.trivec.reshape(-1)
-    lo, hi = flat[base], flat[base + 1]
-    w = jnp.prod(lo + (hi - lo) * frac[..., None, :], -1)  # [..., R]
-    sigma = jax.nn.softplus(jnp.sum(field.density[voxel] * w, -1))
-    logits = SH_C0 * jnp.einsum("...r,...rc->...c", w, field.features_dc[voxel][..., 0, :])
+    i0 = jnp.clip(jnp.floor(u), 0, D - 2)
+    frac = (u - i0)[..., None]  # [..., 3, 1]
+    d = jnp.arange(D, dtype=u.dtype)
+    hat = jnp.where(d == i0[..., None], 1.0 - frac, 0.0) + jnp.where(d == i0[..., None] + 1, frac, 0.0)  # [..., 3, D]
+    w = jnp.prod(jnp.einsum("...rad,...ad->...ra", tri, hat), -1)  # [..., R]
+    sigma = jax.nn.softplus(jnp.sum(dens * w, -1))
+    logits = SH_C0 * jnp.einsum("...r,...rc->...c", w, fdc)
     return sigma, jax.nn.sigmoid(logits)
 
 
@@ -129,7 +133,7 @@ def render_radiance_field(
     jitter: jax.Array | float = 0.0,
     samples_per_ray: int | None = None,
     sample_capacity: int = 128,
-    ray_chunk: int = 4096,
+    ray_chunk: int = 1024,
 ) -> FieldRender:
     """Render one view of one field (a `Strivec` without batch axis: position [L, 3], trivec [L, R, 3, D],
     density [L, R], features_dc [L, R, 1, 3], mask [L]). extrinsics [4, 4], intrinsics [3, 3], background [3],
