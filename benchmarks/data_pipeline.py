@@ -37,7 +37,8 @@ def main():
     import jax.numpy as jnp
     import numpy as np
 
-    from data_pipeline import builtin, config, shards
+    from trellis_jax.data import shards
+    from data_pipeline import builtin, config
     from data_pipeline.process import AssetProcessor
 
     cfg = config.get_config()

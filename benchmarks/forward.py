@@ -42,7 +42,8 @@ def build(case: str, dtype_name: str):
     import numpy as np
 
     from trellis_jax.sparse.tensor import SparseTensor
-    from trellis_jax.tools.configs import load_config, model_from_config
+    from trellis_jax.config_loader import load_config
+    from trellis_jax.models.registry import model_from_config
     from trellis_jax.tools.synthetic import random_params
 
     dtype = jnp.bfloat16 if dtype_name == "bf16" else jnp.float32

@@ -19,7 +19,7 @@ import numpy as np
 
 from trellis_jax.models.registry import dummy_inputs
 from trellis_jax.sampling.random_pipeline import calibrate_occupancy, pipeline_from_config
-from trellis_jax.tools.configs import load_config
+from trellis_jax.config_loader import load_config
 
 
 def random_params(cfg, occupancy):

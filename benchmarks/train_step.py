@@ -15,7 +15,7 @@ import time
 import jax
 import numpy as np
 
-from trellis_jax.tools.configs import apply_overrides, load_config, split_config_overrides
+from trellis_jax.config_loader import apply_overrides, load_config, split_config_overrides
 from trellis_jax.tools.jaxpr_flops import count_flops
 from trellis_jax.training import sharding as sh
 from trellis_jax.training.trainer import build_task, compile_train

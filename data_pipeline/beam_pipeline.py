@@ -24,7 +24,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from data_pipeline import config as config_lib
-from data_pipeline import schema, shards
+from trellis_jax.data import schema, shards
 from data_pipeline.build import FAILURES, read_failures
 from data_pipeline.ingest import AssetError
 

@@ -4,7 +4,7 @@
                                   [--retry-failures] [--limit N]
 
 Output directory:
-    DIR/shards/data-NNNNN.arrayrecord (+ .ids.json)   records, schema in data_pipeline/schema.py
+    DIR/shards/data-NNNNN.arrayrecord (+ .ids.json)   records, schema in trellis_jax/data/schema.py
     DIR/failures.jsonl                                one JSON line per bad asset: id, path, stage, reason
     DIR/warnings.jsonl                                one JSON line per accepted asset with a problem (e.g.
                                                       a missing texture file; also in the record's meta)
@@ -28,7 +28,7 @@ import time
 from tqdm import tqdm
 
 from data_pipeline import config as config_lib
-from data_pipeline import schema, shards
+from trellis_jax.data import schema, shards
 from data_pipeline.ingest import AssetError
 from trellis_jax.atomic import atomic_write_text
 from trellis_jax.workdir_lock import WorkdirLock, WorkdirLockedError

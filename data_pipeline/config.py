@@ -11,11 +11,12 @@ Manifest: JSON (a list of entries, or {"assets": [...]}) or CSV with a header. E
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 
 import ml_collections
+
+from trellis_jax.config_loader import ConfigKeyError, apply_overrides, load_module
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -38,35 +39,17 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ml_collections.ConfigDict:
-    """Config from a python file's get_config() (default: this module's), then `key=value` overrides."""
-    if path is None:
-        cfg = get_config()
-    else:
-        spec = importlib.util.spec_from_file_location("_dp_config", path)
-        if spec is None:
-            raise FileNotFoundError(f"config file {path} not found")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        cfg = mod.get_config()
+    """A data config file's get_config() (default: the reference settings above), with `key=value`
+    overrides applied by the one config loader; keys the reference settings lack are an error."""
+    cfg = get_config() if path is None else load_module(path, "get_config").get_config()
     known = set(get_config().keys())
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} is not key=value")
-        if key not in cfg:
-            raise KeyError(f"unknown config key {key!r} (known: {sorted(known)})")
-        try:
-            parsed = json.loads(value)
-        except ValueError:
-            parsed = value
-        try:
-            cfg[key] = parsed
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"override {item!r}: {e}") from e
     unknown = set(cfg.keys()) - known
     if unknown:
         raise KeyError(f"unknown config key(s) {sorted(unknown)} in {path} (known: {sorted(known)})")
-    return cfg
+    try:
+        return apply_overrides(cfg, overrides)
+    except ConfigKeyError as e:
+        raise KeyError(f"{e} (known: {sorted(known)})") from None
 
 
 def read_manifest(path: str) -> list[dict]:

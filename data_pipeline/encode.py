@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from data_pipeline import schema, shards
-from data_pipeline.voxelize import occupancy
+from trellis_jax.data import schema, shards
+from trellis_jax.data.loaders import occupancy
 
 
 def encoders_from_modules(ss_module, ss_params, slat_module, slat_params):

@@ -12,7 +12,8 @@ import time
 
 import numpy as np
 
-from data_pipeline import cameras, schema
+from trellis_jax.data import schema
+from data_pipeline import cameras
 from data_pipeline.ingest import AssetError, ingest
 
 STAGES = ("ingest", "render", "render_cond", "voxelize", "features", "encode_record")

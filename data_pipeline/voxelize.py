@@ -91,14 +91,6 @@ def voxel_centres(indices: np.ndarray, resolution: int = 64) -> np.ndarray:
     return ((np.asarray(indices, np.float32) + 0.5) / resolution - 0.5).astype(np.float32)
 
 
-def occupancy(indices: np.ndarray, resolution: int = 64) -> np.ndarray:
-    """Dense occupancy [N, N, N, 1] float32 (channels-last) from voxel indices [L, 3]."""
-    grid = np.zeros((resolution,) * 3 + (1,), np.float32)
-    idx = np.asarray(indices, np.int64)
-    grid[idx[:, 0], idx[:, 1], idx[:, 2], 0] = 1.0
-    return grid
-
-
 def main(argv=None):
     from data_pipeline.ingest import ingest
 

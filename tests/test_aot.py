@@ -8,7 +8,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from trellis_jax import aot
-from trellis_jax.tools.configs import apply_overrides, load_config
+from trellis_jax.config_loader import apply_overrides, load_config
 from trellis_jax.tools.jaxpr_flops import count_flops
 from trellis_jax.training import sharding as sh
 

@@ -191,7 +191,7 @@ def test_missing_textures_are_recorded(tmp_path):
 
         def process(self, entry):
             self.warnings = ingest(entry["path"]).warnings
-            from data_pipeline import schema
+            from trellis_jax.data import schema
 
             return schema.encode({"id": entry["id"], "warnings": self.warnings}, {"coords": np.zeros((1, 3), np.uint8)})
 
@@ -204,7 +204,7 @@ def test_missing_textures_are_recorded(tmp_path):
 
 # ------------------------------------------------------------------------------------ corrupt records
 def _shard_with_corrupt_records(tmp_path, bad=(1,)):
-    from data_pipeline import schema, shards
+    from trellis_jax.data import schema, shards
 
     good = schema.encode({"id": "a"}, {"coords": np.zeros((2, 3), np.uint8), "features": np.zeros((2, 4), np.float16)})
     with shards.ShardWriter(str(tmp_path / "ds"), shard_size=8) as w:
@@ -214,8 +214,8 @@ def _shard_with_corrupt_records(tmp_path, bad=(1,)):
 
 
 def test_corrupt_records_stop_by_default_and_are_skipped_within_the_limit(tmp_path, capsys):
-    from data_pipeline import shards
-    from data_pipeline.loaders import CORRUPT, DropCorrupt, RecordSource
+    from trellis_jax.data import shards
+    from trellis_jax.data.loaders import CORRUPT, DropCorrupt, RecordSource
 
     path = _shard_with_corrupt_records(tmp_path, bad=(1, 3))
     with pytest.raises(shards.ShardError, match="record 1"):
@@ -232,7 +232,7 @@ def test_corrupt_records_stop_by_default_and_are_skipped_within_the_limit(tmp_pa
 
 
 def test_training_configs_expose_the_skip_limit():
-    from trellis_jax.tools.configs import load_config
+    from trellis_jax.config_loader import load_config
 
     for spec in ("experiments/train/ss_vae.py:tiny", "experiments/train/ss_flow.py:tiny", "experiments/train/slat_flow.py:tiny"):
         assert load_config(spec).data.max_corrupt_records == 0

@@ -6,7 +6,8 @@ import pytest
 from spec_tables import SPEC_TABLES, count
 from trellis_jax.checkpoints import keymap
 from trellis_jax.checkpoints.official import param_template
-from trellis_jax.tools.configs import all_model_specs, load_config, model_from_config
+from trellis_jax.config_loader import all_model_specs, load_config
+from trellis_jax.models.registry import model_from_config
 
 
 @pytest.mark.parametrize("key, path", [

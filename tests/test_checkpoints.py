@@ -15,7 +15,8 @@ from safetensors.numpy import load_file, save_file
 from trellis_jax.checkpoints import CheckpointError, CheckpointMismatchError, load_model, load_pipeline, save_model
 from trellis_jax.checkpoints.official import param_template
 from trellis_jax.tools import check_fixture, param_count
-from trellis_jax.tools.configs import load_config, model_from_config
+from trellis_jax.config_loader import load_config
+from trellis_jax.models.registry import model_from_config
 from trellis_jax.tools.fixture_runner import run_fixture
 from trellis_jax.tools.synthetic import random_params, reference_inputs
 from spec_tables import SPEC_TABLES, count

@@ -13,7 +13,8 @@ from trellis_jax.checkpoints import save_model
 from trellis_jax.sparse.tensor import SparseTensor
 from trellis_jax.tools import check_fixture
 from trellis_jax.tools.composed_fixtures import case_kind
-from trellis_jax.tools.configs import load_config, model_from_config
+from trellis_jax.config_loader import load_config
+from trellis_jax.models.registry import model_from_config
 from trellis_jax.tools.fixture_runner import sort_packed
 from trellis_jax.tools.synthetic import random_params, reference_inputs
 

@@ -10,7 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from data_pipeline import builtin, config, schema, shards
+from trellis_jax.data import schema, shards
+from trellis_jax.slat_normalization import SLAT_MEAN, SLAT_STD
+from data_pipeline import builtin, config
 from data_pipeline.build import build, read_failures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,7 +103,7 @@ def test_truncated_shard_and_corrupt_record_name_shard_and_index(tmp_path):
     path = shards.list_shards(str(tmp_path / "ds"))[0]
     with pytest.raises(shards.ShardError, match=r"data-00000\.arrayrecord: record 1: record truncated"):
         list(shards.read_shard(path))
-    from data_pipeline.loaders import RecordSource
+    from trellis_jax.data.loaders import RecordSource
 
     src = RecordSource([path])
     assert src[0]["id"] == "a"
@@ -169,7 +171,7 @@ LOADER_KW = dict(batch_size=2, buckets=(8192, 32768), cond_image_size=70, shard_
 
 
 def test_loaders_each_stage(encoded):
-    from data_pipeline import loaders
+    from trellis_jax.data import loaders
 
     b = next(iter(loaders.make_loader(encoded, "ss_vae", **LOADER_KW)))
     assert b["occupancy"].shape == (2, 64, 64, 64, 1) and set(np.unique(b["occupancy"])) == {0.0, 1.0}
@@ -190,11 +192,11 @@ def test_loaders_each_stage(encoded):
     ids = {m["id"]: a for m, a in shards.read_dataset(encoded)}
     n0 = b["mask"][0].sum()
     raw = [a["slat"] for a in ids.values() if len(a["slat"]) == n0]
-    assert any(np.allclose(b["feats"][0, : len(r)], (r - loaders.SLAT_MEAN) / loaders.SLAT_STD, atol=1e-5) for r in raw)
+    assert any(np.allclose(b["feats"][0, : len(r)], (r - np.array(SLAT_MEAN, np.float32)) / np.array(SLAT_STD, np.float32), atol=1e-5) for r in raw)
 
 
 def test_loader_sharding_covers_each_record_once(encoded):
-    from data_pipeline import loaders
+    from trellis_jax.data import loaders
 
     seen = []
     for i in range(2):
@@ -205,7 +207,7 @@ def test_loader_sharding_covers_each_record_once(encoded):
 
 
 def test_loader_state_resume_and_workers(encoded):
-    from data_pipeline import loaders
+    from trellis_jax.data import loaders
 
     kw = dict(LOADER_KW, batch_size=1)
     it = iter(loaders.make_loader(encoded, "slat_flow", **kw))
@@ -259,7 +261,7 @@ def test_loader_state_in_orbax_checkpoint(encoded, tmp_path):
     import grain
     import orbax.checkpoint as ocp
 
-    from data_pipeline import loaders
+    from trellis_jax.data import loaders
 
     kw = dict(LOADER_KW, batch_size=1)
     it = iter(loaders.make_loader(encoded, "ss_flow", **kw))

@@ -15,7 +15,8 @@ from trellis_jax.models.ss_flow import patchify, unpatchify
 from trellis_jax.models.ss_vae import pixel_shuffle_3d
 from trellis_jax.modules.embeddings import timestep_sinusoid
 from trellis_jax.sparse import SparseTensor, kernel_offsets, neighbor_map, submanifold_conv3d
-from trellis_jax.tools.configs import load_config, model_from_config
+from trellis_jax.config_loader import load_config
+from trellis_jax.models.registry import model_from_config
 
 
 def _perturbed(module, seed=0, scale=0.05):

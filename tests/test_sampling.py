@@ -10,7 +10,8 @@ from trellis_jax.sampling.editing import Editor, RePaintConfig, repaint_schedule
 from trellis_jax.sampling.euler import SamplerConfig, guided_steps, num_evaluations, renoise, sample_euler, timesteps
 from trellis_jax.sampling.pipeline import EmptyStructureError, TrellisPipeline, occupancy_to_coords, pad_rows, stage2_size_index
 from trellis_jax.sparse.tensor import CapacityError
-from trellis_jax.tools.configs import load_config, model_from_config
+from trellis_jax.config_loader import load_config
+from trellis_jax.models.registry import model_from_config
 
 
 def test_reference_worked_example_counts_44_evaluations():

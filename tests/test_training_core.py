@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from trellis_jax.tools.configs import ConfigKeyError, apply_overrides, load_config
+from trellis_jax.config_loader import ConfigKeyError, apply_overrides, load_config
 from trellis_jax.training import objective, optimizer
 
 

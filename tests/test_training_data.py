@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from data_pipeline import schema, shards
-from trellis_jax.tools.configs import apply_overrides, load_config
+from trellis_jax.data import schema, shards
+from trellis_jax.config_loader import apply_overrides, load_config
 from trellis_jax.training.data import GrainBatches, SyntheticBatches, make_batches
 from trellis_jax.training.trainer import build_task
 

@@ -11,7 +11,8 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from trellis_jax.models.registry import dummy_inputs
-from trellis_jax.tools.configs import load_config, model_from_config
+from trellis_jax.config_loader import load_config
+from trellis_jax.models.registry import model_from_config
 from trellis_jax.training import sharding as sh
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices, see conftest.py")
@@ -434,7 +435,7 @@ def test_tpu_pod_launch_command_and_its_mesh_example(tmp_path):
     import subprocess
     from pathlib import Path
 
-    from trellis_jax.tools.configs import apply_overrides
+    from trellis_jax.config_loader import apply_overrides
 
     root = Path(__file__).resolve().parents[1]
     fake = tmp_path / "gcloud"

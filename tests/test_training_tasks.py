@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from trellis_jax.tools.configs import apply_overrides, load_config
+from trellis_jax.config_loader import apply_overrides, load_config
 from trellis_jax.training import sharding as sh
 from trellis_jax.training.trainer import TrainState, build_task, compile_train
 

@@ -67,7 +67,7 @@ for b in range(BATCH):
 if previews:
     display(Image.fromarray(np.concatenate(previews, 1)))""")
 code("""# Save one asset: 3DGS PLY, voxel PLY/GLB, preview (the same files `trellis-jax generate` writes).
-from trellis_jax.sample import export_sample
+from trellis_jax.export.asset import export_sample
 res = pipe._module("slat_flow_model").resolution
 ok = [b for b in range(BATCH) if out["ok"][b]]
 if ok:

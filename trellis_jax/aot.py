@@ -294,7 +294,7 @@ def format_report(job: Job, r: Report) -> list[str]:
 
 
 def parse_args(argv):
-    from trellis_jax.tools.configs import split_config_overrides
+    from trellis_jax.config_loader import split_config_overrides
 
     ap = argparse.ArgumentParser(prog="trellis-jax aot", description=__doc__.splitlines()[0],
                                  epilog=f"Needs the TPU compiler: {INSTALL}. Any config key can be overridden: "
@@ -314,10 +314,10 @@ def job_name(spec: str) -> str:
 def main(argv=None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # only the compiler is TPU's; runs the same on a TPU host
-    from trellis_jax.tools.configs import apply_overrides, load_config
+    from trellis_jax.config_loader import load_config
 
     try:
-        cfg = apply_overrides(load_config(args.config), overrides)
+        cfg = load_config(args.config, overrides)
         devices = topology_devices(args.topology)
         job = build_job(cfg, devices, job_name(args.config), args.job)
         report = compile_report(job, args.topology, devices)

@@ -91,11 +91,11 @@ def init_params(module, seed):
 def run(cfg) -> dict:
     from data_pipeline import build as dp_build
     from data_pipeline import config as dp_config
-    from data_pipeline import shards
+    from trellis_jax.data import shards
     from data_pipeline.builtin import write_builtin
     from data_pipeline.encode import encode_dataset, encoders_from_modules
-    from data_pipeline.loaders import RecordSource, make_loader
-    from data_pipeline.schema import unpack_png
+    from trellis_jax.data.loaders import RecordSource, make_loader
+    from trellis_jax.data.schema import unpack_png
     from trellis_jax.checkpoints import save_model
     from trellis_jax.conditioning import load_image_conditioner, load_text_conditioner
     from trellis_jax.encoders.dinov2 import image_condition
@@ -281,7 +281,7 @@ def run(cfg) -> dict:
 
 
 def main(argv=None) -> int:
-    from trellis_jax.tools.configs import load_config
+    from trellis_jax.config_loader import load_config
 
     ap = argparse.ArgumentParser(prog="trellis-jax demo", description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="experiments/demo.py:default", help="config file[:variant]")

@@ -39,7 +39,8 @@ def check_box(box, resolution: int | None) -> None:
 
 def main(argv=None) -> int:
     from trellis_jax.atomic import check_output_dir
-    from trellis_jax.sample import check_latents_fit, check_texts, export_sample, load_generator, read_image, read_latents
+    from trellis_jax.export.asset import check_latents_fit, export_sample, read_latents
+    from trellis_jax.sample import check_texts, load_generator, read_image
 
     ap = argparse.ArgumentParser(prog="trellis-jax edit", description=__doc__.splitlines()[0])
     ap.add_argument("mode", choices=["variation", "region"])

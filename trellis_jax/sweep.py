@@ -16,24 +16,18 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from trellis_jax.config_loader import load_module
 from trellis_jax.tools.tb_reader import read_scalars
 
 
 def load_sweep(path: str | Path):
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"sweep file {path} does not exist")
-    spec = importlib.util.spec_from_file_location(f"sweep_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_sweep"):
-        raise AttributeError(f"{path}: a sweep file must define get_sweep()")
+    """A sweep file's get_sweep() (through the one config loader), checked for 'base' and 'runs'."""
+    module = load_module(path, "get_sweep")
     sweep = module.get_sweep()
     for key in ("base", "runs"):
         if key not in sweep:

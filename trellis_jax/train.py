@@ -14,7 +14,7 @@ import sys
 
 
 def parse_args(argv):
-    from trellis_jax.tools.configs import split_config_overrides
+    from trellis_jax.config_loader import split_config_overrides
 
     ap = argparse.ArgumentParser(prog="trellis-jax train", description=__doc__.splitlines()[0],
                                  epilog="Any config key can be overridden: --config.optimizer.lr=3e-4 --config.total_steps=200 "
@@ -27,11 +27,11 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    from trellis_jax.tools.configs import apply_overrides, load_config
+    from trellis_jax.config_loader import load_config
 
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        cfg = apply_overrides(load_config(args.config), overrides)
+        cfg = load_config(args.config, overrides)
     except (KeyError, ValueError, FileNotFoundError) as e:  # unknown variant / key, bad value, missing file
         print(f"train: config error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr, flush=True)
         return 2

@@ -11,7 +11,7 @@ from pathlib import Path
 import ml_collections
 
 from experiments.train._base import condition
-from trellis_jax.tools.configs import load_config
+from trellis_jax.config_loader import load_config
 
 _MODELS = Path(__file__).resolve().parent.parent / "models"
 _IMAGE_LARGE = {

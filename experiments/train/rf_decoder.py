@@ -10,7 +10,7 @@ from pathlib import Path
 import ml_collections
 
 from experiments.train._base import tiny_run
-from trellis_jax.tools.configs import load_config
+from trellis_jax.config_loader import load_config
 
 _HERE = Path(__file__).resolve().parent
 

@@ -9,15 +9,11 @@ from pathlib import Path
 import ml_collections
 
 from experiments.train._base import condition, tiny_run
-from trellis_jax.tools.configs import load_config
+from trellis_jax.config_loader import load_config
+from trellis_jax.slat_normalization import SLAT_MEAN, SLAT_STD
 
 _HERE = Path(__file__).resolve().parent
 _RELEASED = {"img_L": ("image", 256), "txt_B": ("text", 512), "txt_L": ("text", 256), "txt_XL": ("text", 256)}
-# SPEC §8.6 (identical in every SLat-flow config and pipeline.json)
-SLAT_MEAN = [-2.1687545776367188, -0.004347046371549368, -0.13352349400520325, -0.08418072760105133,
-             -0.5271206498146057, 0.7238689064979553, -1.1414450407028198, 1.2039363384246826]
-SLAT_STD = [2.377650737762451, 2.386378288269043, 2.124418020248413, 2.1748552322387695,
-            2.663944721221924, 2.371192216873169, 2.6217446327209473, 2.684523105621338]
 
 
 def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
@@ -28,7 +24,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.model = load_config(f"{_HERE.parent / 'models' / 'slat_flow.py'}:{variant}")
     c.p_uncond = 0.1
     c.t_mean, c.t_std = 1.0, 1.0
-    c.slat_normalization = ml_collections.ConfigDict(dict(mean=SLAT_MEAN, std=SLAT_STD))
+    c.slat_normalization = ml_collections.ConfigDict(dict(mean=list(SLAT_MEAN), std=list(SLAT_STD)))
     # capacity: voxels per asset after padding (the reference keeps assets with <= 32768 voxels)
     c.data = ml_collections.ConfigDict(dict(kind="grain", path="", worker_count=4, synthetic_seed=0, max_corrupt_records=0, capacity=32768))
     if variant == "tiny":

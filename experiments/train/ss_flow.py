@@ -8,7 +8,7 @@ from pathlib import Path
 import ml_collections
 
 from experiments.train._base import condition, tiny_run
-from trellis_jax.tools.configs import load_config
+from trellis_jax.config_loader import load_config
 
 _HERE = Path(__file__).resolve().parent
 # Global batch: the paper states 256 for the XL model (64 GPUs x 4); the others' GPU counts are not

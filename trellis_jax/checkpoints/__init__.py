@@ -5,6 +5,7 @@ from trellis_jax.checkpoints.official import (
     load_model,
     load_pipeline,
     save_model,
+    save_pipeline,
 )
 
-__all__ = ["CheckpointError", "CheckpointMismatchError", "load_model", "load_pipeline", "save_model"]
+__all__ = ["CheckpointError", "CheckpointMismatchError", "load_model", "load_pipeline", "save_model", "save_pipeline"]

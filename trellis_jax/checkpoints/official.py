@@ -4,6 +4,7 @@
     module, params = load_model("TRELLIS-image-large", "slat_dec_gs_swin8_B_64l8gs32_fp16")
     save_model("out/ckpts/my_dec", "SLatGaussianDecoder", args, params)       # official layout + dtypes
     pipe = load_pipeline("TRELLIS-image-large")                               # every model of pipeline.json
+    save_pipeline(dir, "image", {role: (NAME, class, args, params)}, ss_sampler=..., slat_sampler=...)
 
 Loading is strict: one `CheckpointMismatchError` lists every missing, unexpected and mis-shaped
 tensor and names the file. Files are written to a temporary name and renamed, so an interrupted
@@ -173,6 +174,42 @@ ROLE_CLASSES = {role: MODEL_CLASSES[name] for role, name in {  # pipeline.json r
     "sparse_structure_flow_model": "SparseStructureFlowModel", "sparse_structure_decoder": "SparseStructureDecoder",
     "slat_flow_model": "SLatFlowModel", "slat_decoder_gs": "SLatGaussianDecoder",
     "slat_decoder_rf": "SLatRadianceFieldDecoder", "slat_decoder_mesh": "SLatMeshDecoder"}.items()}
+
+
+PIPELINE_CLASSES = {"image": "TrellisImageTo3DPipeline", "text": "TrellisTextTo3DPipeline"}
+
+
+def save_pipeline(directory: str | Path, kind: str, models: dict, *, ss_sampler: dict, slat_sampler: dict,
+                  slat_normalization: dict | None = None, cond_model: str = "tiny-random",
+                  cond_encoder: dict | None = None) -> Path:
+    """Write a pipeline directory in the official layout: every model as `ckpts/NAME` (save_model),
+    then `pipeline.json` last and atomically, so a pipeline.json on disk always names complete models.
+
+    kind: 'image' | 'text'. models: {role: (NAME, class_name, args, params)} with the pipeline.json
+    roles (ROLE_CLASSES). Samplers are {'name', 'args', 'params'} dicts as in the released files;
+    slat_normalization {'mean': [8], 'std': [8]}; cond_encoder is this project's extra entry telling
+    load_pipeline's callers which condition encoder to build ({'kind', 'arch', 'seed', 'weights'}).
+    """
+    from trellis_jax.atomic import atomic_write_text
+
+    if kind not in PIPELINE_CLASSES:
+        raise ValueError(f"pipeline kind must be one of {sorted(PIPELINE_CLASSES)}, got {kind!r}")
+    unknown = sorted(set(models) - set(ROLE_CLASSES))
+    if unknown:
+        raise ValueError(f"unknown pipeline role(s) {unknown}; roles are {sorted(ROLE_CLASSES)}")
+    directory = Path(directory)
+    for role, (name, class_name, args, params) in models.items():
+        save_model(directory / "ckpts" / name, class_name, args, params)
+    args = {"models": {role: f"ckpts/{spec[0]}" for role, spec in models.items()},
+            "sparse_structure_sampler": ss_sampler, "slat_sampler": slat_sampler,
+            ("image_cond_model" if kind == "image" else "text_cond_model"): cond_model}
+    if slat_normalization is not None:
+        args["slat_normalization"] = {k: [float(v) for v in slat_normalization[k]] for k in ("mean", "std")}
+    if cond_encoder is not None:
+        args["cond_encoder"] = dict(cond_encoder)
+    path = directory / "pipeline.json"
+    atomic_write_text(path, json.dumps({"name": PIPELINE_CLASSES[kind], "args": args}, indent=2))
+    return path
 
 
 def load_pipeline(directory: str | Path, search_roots: Sequence[str | Path] = (), **module_overrides) -> dict:

@@ -18,7 +18,7 @@ import numpy as np
 def main(argv=None) -> int:
     from trellis_jax.atomic import check_output_dir
     from trellis_jax.checkpoints import load_pipeline
-    from trellis_jax.sample import check_latents_fit, export_sample, read_latents
+    from trellis_jax.export.asset import check_latents_fit, export_sample, read_latents
     from trellis_jax.sampling.pipeline import TrellisPipeline
 
     ap = argparse.ArgumentParser(prog="trellis-jax export", description=__doc__.splitlines()[0])

@@ -67,3 +67,9 @@ def dummy_inputs(model) -> tuple:
     if isinstance(model, (SLatGaussianDecoder, SLatRadianceFieldDecoder, SLatMeshDecoder)):
         return (sparse(model.latent_channels, model.resolution),)
     raise UnknownModelError(f"no dummy inputs for {type(model).__name__}")
+
+
+def model_from_config(cfg, **overrides):
+    """Flax module of a model config (checkpoint, class_name, args)."""
+    args = cfg.args.to_dict() if hasattr(cfg.args, "to_dict") else dict(cfg.args)
+    return build_model(cfg.class_name, args, **overrides)

@@ -31,14 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from trellis_jax.sampling.euler import SamplerConfig, sample_euler
+from trellis_jax.slat_normalization import SLAT_MEAN, SLAT_STD
 from trellis_jax.sparse.tensor import CapacityError, SparseTensor, masked
-
-# TRELLIS_SPEC §8.6 (identical in every released SLat-flow config and pipeline.json).
-SLAT_MEAN = (-2.1687545776367188, -0.004347046371549368, -0.13352349400520325, -0.08418072760105133,
-             -0.5271206498146057, 0.7238689064979553, -1.1414450407028198, 1.2039363384246826)
-SLAT_STD = (2.377650737762451, 2.386378288269043, 2.124418020248413, 2.1748552322387695,
-            2.663944721221924, 2.371192216873169, 2.6217446327209473, 2.684523105621338)
-
 
 class EmptyStructureError(ValueError):
     """Stage 1 produced no occupied voxel for some sample."""

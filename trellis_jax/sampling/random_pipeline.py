@@ -6,15 +6,13 @@ nothing to download. NOT trained models.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from trellis_jax.atomic import atomic_write_text
-from trellis_jax.checkpoints import save_model
+from trellis_jax.checkpoints import save_pipeline
 from trellis_jax.models.registry import build_model, dummy_inputs
 
 TINY = {
@@ -48,7 +46,7 @@ def pipeline_from_config(cfg, params_for):
     abstract ShapeDtypeStructs)."""
     from trellis_jax.sampling.euler import SamplerConfig
     from trellis_jax.sampling.pipeline import TrellisPipeline
-    from trellis_jax.tools.configs import model_from_config
+    from trellis_jax.models.registry import model_from_config
 
     if cfg.compute_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"config compute_dtype must be 'float32' or 'bfloat16', got {cfg.compute_dtype!r}")
@@ -67,20 +65,16 @@ def write_random_pipeline(directory, seed: int = 0, occupancy: float = 0.04, ste
     """Tiny image-conditioned pipeline (tiny random DINOv2 condition encoder). The SS decoder's output
     bias is calibrated on a random latent so about `occupancy` of the grid is occupied (a random
     decoder would otherwise fill half of it)."""
-    directory = Path(directory)
+    models = {}
     for i, (role, (name, cls, args)) in enumerate(TINY.items()):
         m = build_model(cls, args)
         p = nn.meta.unbox(m.init(jax.random.PRNGKey(seed + i), *dummy_inputs(m)))
         p = jax.tree.map(lambda a: a + 0.02 * jax.random.normal(jax.random.PRNGKey(seed + 100 + i), a.shape), p)
         if role == "sparse_structure_decoder":
             p = calibrate_occupancy(m, p, occupancy, seed)
-        save_model(directory / "ckpts" / name, cls, args, p)
+        models[role] = (name, cls, args, p)
     sampler = {"name": "FlowEulerGuidanceIntervalSampler", "args": {"sigma_min": 1e-5},
                "params": {"steps": steps, "cfg_strength": 3.0, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0}}
-    atomic_write_text(directory / "pipeline.json", json.dumps({
-        "name": "TrellisImageTo3DPipeline",
-        "args": {"models": {role: f"ckpts/{name}" for role, (name, _, _) in TINY.items()},
-                 "sparse_structure_sampler": sampler, "slat_sampler": sampler,
-                 "image_cond_model": "tiny-random", "cond_encoder": {"kind": "image", "arch": "tiny", "seed": seed}},
-    }, indent=2))
-    return directory
+    save_pipeline(directory, "image", models, ss_sampler=sampler, slat_sampler=sampler,
+                  cond_encoder={"kind": "image", "arch": "tiny", "seed": seed})
+    return Path(directory)

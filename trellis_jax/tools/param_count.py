@@ -11,7 +11,8 @@ import sys
 import numpy as np
 
 from trellis_jax.checkpoints.official import param_template
-from trellis_jax.tools.configs import all_model_specs, load_config, model_from_config
+from trellis_jax.config_loader import all_model_specs, load_config
+from trellis_jax.models.registry import model_from_config
 
 
 def count_params(module) -> tuple[int, int]:

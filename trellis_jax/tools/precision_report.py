@@ -14,7 +14,8 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 
-from trellis_jax.tools.configs import load_config, model_from_config
+from trellis_jax.config_loader import load_config
+from trellis_jax.models.registry import model_from_config
 from trellis_jax.tools.fixture_runner import run_fixture
 from trellis_jax.tools.synthetic import random_params, reference_inputs
 

@@ -126,7 +126,7 @@ class Task:
         return {}
 
     def grain_loader(self, batch_size: int, seed: int):
-        from data_pipeline.loaders import make_loader
+        from trellis_jax.data.loaders import make_loader
 
         d = self.cfg.data
         if not d.path:

@@ -18,7 +18,7 @@ from array_record.python import array_record_module as ar
 
 from trellis_jax.atomic import atomic_write
 
-from data_pipeline.schema import RecordError, decode
+from trellis_jax.data.schema import RecordError, decode
 
 WRITER_OPTIONS = "group_size:1"
 SHARD_SUFFIX = ".arrayrecord"
@@ -147,12 +147,12 @@ def open_reader(path: str):
         if not reader.ok():  # a truncated file opens "successfully" with 0 records
             raise RuntimeError("reader not ok after open")
     except Exception as e:
-        _close_quietly(reader)
+        close_reader(reader)
         raise ShardError(f"{path}: unreadable or truncated ArrayRecord shard ({e or type(e).__name__})") from e
     if os.path.exists(path + ".ids.json"):
         expected = len(shard_ids(path))
         if n != expected:
-            _close_quietly(reader)
+            close_reader(reader)
             raise ShardError(f"{path}: holds {n} records but its ids file lists {expected} (truncated?)")
     return reader, n
 
@@ -176,10 +176,10 @@ def read_shard(path: str, fields: tuple[str, ...] | None = None):
         for i in range(n):
             yield read_record(reader, path, i, fields)
     finally:
-        _close_quietly(reader)
+        close_reader(reader)
 
 
-def _close_quietly(reader):
+def close_reader(reader):
     """ArrayRecordReader.close() re-raises the reader's earlier failure; that one was reported."""
     if reader is not None:
         try:
@@ -195,7 +195,7 @@ def read_dataset(root: str, fields: tuple[str, ...] | None = None):
 
 
 def main(argv=None):
-    """python -m data_pipeline.shards DIR [--verify]: list committed shards; --verify decodes every record."""
+    """python -m trellis_jax.data.shards DIR [--verify]: list committed shards; --verify decodes every record."""
     import argparse
 
     p = argparse.ArgumentParser(description=main.__doc__)
@@ -205,7 +205,7 @@ def main(argv=None):
     total = 0
     for path in list_shards(args.root):
         reader, n = open_reader(path)
-        _close_quietly(reader)
+        close_reader(reader)
         if args.verify:
             for meta, arrays in read_shard(path):
                 pass

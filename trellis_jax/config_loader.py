@@ -1,4 +1,10 @@
-"""Load ml_collections config files given as 'path/to/file.py:variant' (the config_flags syntax)."""
+"""The one config loader: ml_collections files given as 'path/to/file.py[:variant]', plus overrides.
+
+Every job reads its config here (train, demo, aot, build-data, sweep, eval): a python file defines
+`get_config(variant)` (or another entry point, e.g. a sweep's `get_sweep()`), and command-line
+`--config.dotted.key=value` strings are applied on top with `apply_overrides` (values parsed as Python
+literals; unknown keys are an error naming the key and its siblings).
+"""
 from __future__ import annotations
 
 import importlib.util
@@ -6,31 +12,31 @@ from pathlib import Path
 
 import ml_collections
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """'experiments/models/slat_flow.py:tiny' -> get_config('tiny') of that file."""
-    path, _, variant = spec.partition(":")
+def load_module(path: str | Path, attr: str):
+    """Import a config file as a module, checking it defines `attr` (e.g. 'get_config')."""
     p = Path(path)
     if not p.exists() and (REPO_ROOT / p).exists():
         p = REPO_ROOT / p
-    if not p.exists():
+    if not p.is_file():
         raise FileNotFoundError(f"config file {path} not found")
     mod_spec = importlib.util.spec_from_file_location(f"cfg_{p.stem}", p)
     module = importlib.util.module_from_spec(mod_spec)
     mod_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise AttributeError(f"{p}: config files must define get_config()")
-    return module.get_config(variant) if variant else module.get_config()
+    if not hasattr(module, attr):
+        raise AttributeError(f"{p}: this kind of config file must define {attr}()")
+    return module
 
 
-def model_from_config(cfg: ml_collections.ConfigDict, **overrides):
-    """Flax module of a model config (checkpoint, class_name, args)."""
-    from trellis_jax.models.registry import build_model
-
-    args = cfg.args.to_dict() if hasattr(cfg.args, "to_dict") else dict(cfg.args)
-    return build_model(cfg.class_name, args, **overrides)
+def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
+    """'experiments/train/ss_flow.py:tiny' -> that file's get_config('tiny'), then `overrides`
+    ('dotted.key=value' strings, see apply_overrides). No variant calls get_config()."""
+    path, _, variant = str(spec).partition(":")
+    module = load_module(path, "get_config")
+    cfg = module.get_config(variant) if variant else module.get_config()
+    return apply_overrides(cfg, overrides)
 
 
 def all_model_specs() -> list[str]:

@@ -39,13 +39,9 @@ import grain
 import numpy as np
 from PIL import Image
 
-from data_pipeline import schema, shards
+from trellis_jax.data import schema, shards
+from trellis_jax.slat_normalization import SLAT_MEAN, SLAT_STD
 
-# SPEC §8.6: per-channel SLat normalisation used by every SLat-flow config.
-SLAT_MEAN = np.array([-2.1687545776367188, -0.004347046371549368, -0.13352349400520325, -0.08418072760105133,
-                      -0.5271206498146057, 0.7238689064979553, -1.1414450407028198, 1.2039363384246826], np.float32)
-SLAT_STD = np.array([2.377650737762451, 2.386378288269043, 2.124418020248413, 2.1748552322387695,
-                     2.663944721221924, 2.371192216873169, 2.6217446327209473, 2.684523105621338], np.float32)
 STAGES = ("ss_vae", "slat_vae", "ss_flow", "slat_flow")
 _STAGE_FIELDS = {
     "ss_vae": ("coords",),
@@ -72,7 +68,7 @@ class RecordSource(grain.sources.RandomAccessDataSource):
         counts = []
         for path in self._paths:  # validates every shard up front (truncation, ids count)
             reader, n = shards.open_reader(path)
-            shards._close_quietly(reader)
+            shards.close_reader(reader)
             counts.append(n)
         self._starts = np.concatenate([[0], np.cumsum(counts)]).tolist()
         self._fields = tuple(fields) if fields is not None else None
@@ -134,6 +130,14 @@ class MaxVoxels(grain.transforms.Filter):
         return element["num_voxels"] <= self.max_voxels
 
 
+def occupancy(indices: np.ndarray, resolution: int = 64) -> np.ndarray:
+    """Dense occupancy [N, N, N, 1] float32 (channels-last) from voxel indices [L, 3]."""
+    grid = np.zeros((resolution,) * 3 + (1,), np.float32)
+    idx = np.asarray(indices, np.int64)
+    grid[idx[:, 0], idx[:, 1], idx[:, 2], 0] = 1.0
+    return grid
+
+
 class OccupancyGrid(grain.transforms.Map):
     """coords -> occupancy [N, N, N, 1] float32."""
 
@@ -141,8 +145,6 @@ class OccupancyGrid(grain.transforms.Map):
         self.resolution = resolution
 
     def map(self, element):
-        from data_pipeline.voxelize import occupancy
-
         top = int(np.max(element["coords"])) if len(element["coords"]) else 0
         if top >= self.resolution:
             raise ValueError(f"asset {element['id']!r} has voxel coordinates up to {top}, outside the {self.resolution}^3 "
@@ -284,7 +286,7 @@ def check_voxel_resolution(data_dir: str, resolution: int) -> None:
 def make_loader(data: str | Sequence[str], stage: str, *, batch_size: int, cond: str | None = None,
                 buckets: Sequence[int] = (4096, 8192, 16384, 32768), max_voxels: int = 32768,
                 resolution: int = 64, render_size: int | None = None, cond_image_size: int = 518,
-                slat_normalization: tuple[np.ndarray, np.ndarray] | None = (SLAT_MEAN, SLAT_STD),
+                slat_normalization: tuple[np.ndarray, np.ndarray] | None = (np.array(SLAT_MEAN, np.float32), np.array(SLAT_STD, np.float32)),
                 shuffle: bool = True, seed: int = 0, num_epochs: int | None = None, worker_count: int = 0,
                 worker_buffer_size: int = 2, shard_index: int | None = None, shard_count: int | None = None,
                 drop_remainder: bool = True, max_corrupt_records: int = 0) -> grain.DataLoader:
