@@ -23,6 +23,7 @@ TOTAL, EVERY = 40, 10
 ARGS = ["--config", "experiments/train/ss_flow.py:tiny", "--config.model.args.model_channels=32",
         "--config.model.args.num_blocks=1", f"--config.total_steps={TOTAL}", f"--config.ckpt_every={EVERY}"]
 # task -> (arguments, total steps, checkpoint interval); the decoder tasks render, so fewer, smaller steps
+# (mesh_decoder compiles for minutes on a CPU: slow)
 RUNS = {
     "ss_flow": (ARGS, TOTAL, EVERY),
     "rf_decoder": (["--config", "experiments/train/rf_decoder.py:tiny", "--config.data.capacity=64",
@@ -46,7 +47,7 @@ def _train(workdir, env, *extra, args=ARGS, **kw):
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600, **kw)
 
 
-@pytest.fixture(scope="module", params=list(RUNS))
+@pytest.fixture(scope="module", params=["ss_flow", "rf_decoder", pytest.param("mesh_decoder", marks=pytest.mark.slow)])
 def reference(request, tmp_path_factory, env):
     name = request.param
     args, total, every = RUNS[name]
