@@ -13,7 +13,7 @@ SMALL = {
     "ss_flow": ["model.args.model_channels=32", "model.args.num_blocks=1", "optimizer.lr=1e-2"],
     "slat_flow": ["model.args.model_channels=32", "model.args.num_blocks=1", "data.capacity=64", "optimizer.lr=1e-2"],
     "ss_vae": ["data.resolution=16", "optimizer.lr=1e-2"],
-    "rf_decoder": ["data.capacity=96", "render.image_size=24", "optimizer.lr=1e-2"],
+    "rf_decoder": ["data.capacity=96", "render.image_size=24", "optimizer.lr=3e-3"],
     "mesh_decoder": ["data.capacity=48", "render.image_size=16", "optimizer.lr=3e-4"],
 }
 STEPS = 25
