@@ -1,13 +1,17 @@
-"""Renderer times: the Gaussian splatter and the mesh rasteriser, forward and forward+backward, one view.
+"""Renderer times: the Gaussian splatter, the mesh rasteriser and the radiance-field volume renderer,
+forward and forward+backward, one view.
 
     python benchmarks/renderers.py [--resolution 512] [--gaussians 640000] [--faces 200000] [--runs 3]
-                                   [--tile-size 4] [--tile-capacity 256] [--skip gaussians|mesh]
+                                   [--tile-size 4] [--tile-capacity 256] [--field-voxels 20000]
+                                   [--sample-capacity 256] [--skip gaussians|mesh|radiance_field ...]
 
 Gaussians: `--gaussians` of them (a decoded SLAT has 32 per active voxel, ~20K voxels: 640K) spread over
 a 0.4-radius sphere shell, scale 0.004 (a few pixels at 512²). Mesh: an icosphere of radius 0.45 with the
-subdivision level nearest `--faces` triangles (20·4^s: 200K asks for 327,680). Both seen from the turntable's first camera (radius 2, FoV 40°). The loss
-for backward is a weighted sum of the rendered colour (and, for the mesh, antialiased colour +
-depth). Prints compile time and the median of `--runs` timed runs (block_until_ready).
+subdivision level nearest `--faces` triangles (20·4^s: 200K asks for 327,680). Radiance field: the
+`--field-voxels` 64³ voxels nearest a 0.4-radius sphere (rank 16, 8 samples per axis, random factors,
+opaque enough that most rays stop inside the shell), `--sample-capacity` occupied samples per ray. All
+seen from the turntable's first camera (radius 2, FoV 40°). The loss for backward is a weighted sum of
+the rendered colour (and, for the mesh, antialiased colour + depth; for the field, depth). Prints compile time and the median of `--runs` timed runs (block_until_ready).
 """
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ import trimesh
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from trellis_jax.render import mesh_raster
 from trellis_jax.render.gaussian_splatting import render_gaussians
+from trellis_jax.render.radiance_field import render_radiance_field
+from trellis_jax.representations.strivec import Strivec
 from trellis_jax.render.turntable import turntable_cameras
 from timing import time_calls
 
@@ -79,6 +85,37 @@ def bench_mesh(faces_target, res, runs, E, K, tile_size, tile_capacity):
               f"compile={c:.1f}s median={t * 1000:.0f}ms", flush=True)
 
 
+def bench_radiance_field(n_voxels, res, runs, E, K, sample_capacity):
+    grid = 64
+    c = (np.stack(np.meshgrid(*[np.arange(grid)] * 3, indexing="ij"), -1).reshape(-1, 3) + 0.5) / grid - 0.5
+    shell = np.argsort(np.abs(np.linalg.norm(c, axis=-1) - 0.4))[:n_voxels]
+    rng = np.random.default_rng(0)
+    L, R, D = len(shell), 16, 8
+    field = Strivec(jnp.asarray(c[shell] + 0.5, jnp.float32),
+                    jnp.asarray(1 + 0.2 * rng.standard_normal((L, R, 3, D)), jnp.float32),
+                    jnp.asarray(rng.uniform(0, 40, (L, R)), jnp.float32),
+                    jnp.asarray(rng.standard_normal((L, R, 1, 3)), jnp.float32), jnp.ones(L, bool), grid)
+    cam = (jnp.asarray(E), jnp.asarray(K), jnp.zeros(3))
+    weights = jnp.asarray(rng.uniform(size=(res, res, 3)), jnp.float32)
+    kw = dict(height=res, width=res, sample_capacity=sample_capacity)
+
+    def fwd(field):
+        return render_radiance_field(field, *cam, **kw)
+
+    def loss(trivec, density, fdc):
+        o = fwd(field.replace(trivec=trivec, density=density, features_dc=fdc))
+        return jnp.sum(o.rgb * weights) + jnp.sum(o.depth)
+
+    out = jax.jit(fwd)(field)
+    info = f"voxels={L} res={res}² sample_capacity={sample_capacity} overflow={bool(out.overflow)} needed={int(out.max_samples)} " \
+           f"mean_alpha={float(out.alpha.mean()):.3f}"
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+    for name, fn, args in (("forward", jax.jit(fwd), (field,)),
+                           ("forward+backward", grad, (field.trivec, field.density, field.features_dc))):
+        ct, t = timed(fn, args, runs)
+        print(f"radiance_field {name}: {info} compile={ct:.1f}s median={t * 1000:.0f}ms", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--resolution", type=int, default=512)
@@ -87,14 +124,18 @@ def main():
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--tile-size", type=int, default=4)
     p.add_argument("--tile-capacity", type=int, default=256)
-    p.add_argument("--skip", choices=["gaussians", "mesh"], default=None)
+    p.add_argument("--field-voxels", type=int, default=20_000)
+    p.add_argument("--sample-capacity", type=int, default=256)
+    p.add_argument("--skip", choices=["gaussians", "mesh", "radiance_field"], action="append", default=[])
     args = p.parse_args()
     ext, intr = turntable_cameras(1)
     print(f"renderers: backend={jax.default_backend()} devices={jax.devices()}", flush=True)
-    if args.skip != "gaussians":
+    if "gaussians" not in args.skip:
         bench_gaussians(args.gaussians, args.resolution, args.runs, ext[0], intr[0])
-    if args.skip != "mesh":
+    if "mesh" not in args.skip:
         bench_mesh(args.faces, args.resolution, args.runs, ext[0], intr[0], args.tile_size, args.tile_capacity)
+    if "radiance_field" not in args.skip:
+        bench_radiance_field(args.field_voxels, args.resolution, args.runs, ext[0], intr[0], args.sample_capacity)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Checkpoint/resume of the trainer: a run killed with SIGKILL after a checkpoint and resumed logs the
-same per-step losses as an uninterrupted run; a corrupt checkpoint is a clear error naming its path
+same per-step losses as an uninterrupted run (ss_flow, and the rf_decoder / mesh_decoder tasks); a corrupt checkpoint is a clear error naming its path
 (nothing deleted); a non-finite loss stops the run naming the step and keeps the last good checkpoint.
 
 Training runs are subprocesses of `python -m trellis_jax.train` sharing a persistent compilation cache."""
@@ -20,14 +20,20 @@ from trellis_jax.training.logger import read_step_losses
 
 REPO = Path(__file__).resolve().parents[1]
 TOTAL, EVERY = 40, 10
-RUN = [f"--config.total_steps={TOTAL}", f"--config.ckpt_every={EVERY}"]
-ARGS = {  # per task: its tiny config, shrunk for CPU time
-    "ss_flow": ["--config", "experiments/train/ss_flow.py:tiny", "--config.model.args.model_channels=32",
-                "--config.model.args.num_blocks=1", *RUN],
-    "slat_vae": ["--config", "experiments/train/slat_vae.py:tiny", "--config.model.encoder.args.model_channels=32",
-                 "--config.model.decoder.args.model_channels=32", "--config.model.encoder.args.num_blocks=1",
-                 "--config.model.decoder.args.num_blocks=1", "--config.data.capacity=96", "--config.data.render_size=16",
-                 "--config.init_rng_impl=rbg", *RUN],
+ARGS = ["--config", "experiments/train/ss_flow.py:tiny", "--config.model.args.model_channels=32",
+        "--config.model.args.num_blocks=1", f"--config.total_steps={TOTAL}", f"--config.ckpt_every={EVERY}"]
+# task -> (arguments, total steps, checkpoint interval); the decoder tasks render, so fewer, smaller steps
+# (mesh_decoder compiles for minutes on a CPU: slow)
+RUNS = {
+    "ss_flow": (ARGS, TOTAL, EVERY),
+    "slat_vae": (["--config", "experiments/train/slat_vae.py:tiny", "--config.model.encoder.args.model_channels=32",
+                  "--config.model.decoder.args.model_channels=32", "--config.model.encoder.args.num_blocks=1",
+                  "--config.model.decoder.args.num_blocks=1", "--config.data.capacity=96", "--config.data.render_size=16",
+                  "--config.init_rng_impl=rbg", *ARGS[2:]], TOTAL, EVERY),
+    "rf_decoder": (["--config", "experiments/train/rf_decoder.py:tiny", "--config.data.capacity=64",
+                    "--config.render.image_size=16", "--config.total_steps=10", "--config.ckpt_every=3"], 10, 3),
+    "mesh_decoder": (["--config", "experiments/train/mesh_decoder.py:tiny", "--config.data.capacity=32",
+                      "--config.render.image_size=16", "--config.total_steps=10", "--config.ckpt_every=3"], 10, 3),
 }
 
 
@@ -40,25 +46,28 @@ def env(tmp_path_factory):
     return e
 
 
-def _train(workdir, env, *extra, task="ss_flow", **kw):
-    cmd = [sys.executable, "-m", "trellis_jax.train", *ARGS[task], "--workdir", str(workdir), *extra]
+def _train(workdir, env, *extra, args=ARGS, **kw):
+    cmd = [sys.executable, "-m", "trellis_jax.train", *args, "--workdir", str(workdir), *extra]
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600, **kw)
 
 
-# slat_vae: three compiles of the SLat VAE step under subprocesses, minutes on 2 CPU cores -> slow
-@pytest.fixture(scope="module", params=["ss_flow", pytest.param("slat_vae", marks=pytest.mark.slow)])
+# slat_vae / mesh_decoder: compiles of minutes under subprocesses on 2 CPU cores -> slow
+@pytest.fixture(scope="module", params=["ss_flow", "rf_decoder", pytest.param("slat_vae", marks=pytest.mark.slow),
+                                                  pytest.param("mesh_decoder", marks=pytest.mark.slow)])
 def reference(request, tmp_path_factory, env):
-    task = request.param
-    wd = tmp_path_factory.mktemp(f"uninterrupted_{task}")
-    res = _train(wd, env, task=task)
+    name = request.param
+    args, total, every = RUNS[name]
+    wd = tmp_path_factory.mktemp(f"uninterrupted_{name}")
+    res = _train(wd, env, args=args)
     assert res.returncode == 0, res.stderr[-3000:]
     losses = read_step_losses(wd)
-    assert sorted(losses) == list(range(TOTAL))
-    return task, wd, losses
+    assert sorted(losses) == list(range(total))
+    return name, losses
 
 
 def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tmp_path, env, reference):
-    task, ref_dir, ref_losses = reference
+    name, reference = reference
+    ARGS, TOTAL, EVERY = RUNS[name]
     wd = tmp_path / "run"
     cmd = [sys.executable, "-m", "trellis_jax.train", *ARGS[task], "--workdir", str(wd)]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -78,7 +87,7 @@ def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tmp_path, en
     killed_at = max(read_step_losses(wd))
     assert EVERY + 3 <= killed_at < TOTAL - 1
 
-    res = _train(wd, env, task=task)
+    res = _train(wd, env, args=ARGS)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resumed from" in res.stdout + res.stderr
     resumed = read_step_losses(wd)

@@ -15,6 +15,8 @@ SMALL = {
     "ss_vae": ["data.resolution=16", "optimizer.lr=1e-2"],
     "slat_vae": ["model.encoder.args.model_channels=32", "model.decoder.args.model_channels=32", "model.encoder.args.num_blocks=1",
                  "model.decoder.args.num_blocks=1", "data.capacity=96", "data.render_size=16", "optimizer.lr=1e-2"],
+    "rf_decoder": ["data.capacity=96", "render.image_size=24", "optimizer.lr=3e-3"],
+    "mesh_decoder": ["data.capacity=48", "render.image_size=16", "optimizer.lr=3e-4"],
 }
 STEPS = 25
 
@@ -25,7 +27,8 @@ def mesh():
 
 
 @pytest.mark.parametrize("name,dtype", [("ss_flow", "float32"), ("slat_flow", "float32"), ("ss_vae", "float32"),
-                                        ("slat_vae", "float32"), ("ss_flow", "bfloat16")])
+                                        ("slat_vae", "float32"), ("ss_flow", "bfloat16"), ("rf_decoder", "float32"),
+                                        pytest.param("mesh_decoder", "float32", marks=pytest.mark.slow)])
 def test_tiny_task_learns_a_fixed_batch(name, dtype, mesh):
     cfg = apply_overrides(load_config(f"experiments/train/{name}.py:tiny"),
                           SMALL[name] + ["ema.decay=0.5", "init_rng_impl=rbg", f"compute_dtype={dtype}"])

@@ -44,13 +44,16 @@ class TrainState(struct.PyTreeNode):
 
 
 def build_task(cfg):
-    """The Task of cfg.task ('ss_flow' | 'slat_flow' | 'ss_vae' | 'slat_vae')."""
+    """The Task of cfg.task ('ss_flow' | 'slat_flow' | 'ss_vae' | 'slat_vae' | 'rf_decoder' | 'mesh_decoder')."""
+    from trellis_jax.training.tasks.mesh_decoder import MeshDecoderTask
+    from trellis_jax.training.tasks.rf_decoder import RFDecoderTask
     from trellis_jax.training.tasks.slat_flow import SLatFlowTask
     from trellis_jax.training.tasks.slat_vae import SLatVAETask
     from trellis_jax.training.tasks.ss_flow import SSFlowTask
     from trellis_jax.training.tasks.ss_vae import SSVAETask
 
-    tasks = {"ss_flow": SSFlowTask, "slat_flow": SLatFlowTask, "ss_vae": SSVAETask, "slat_vae": SLatVAETask}
+    tasks = {"ss_flow": SSFlowTask, "slat_flow": SLatFlowTask, "ss_vae": SSVAETask, "slat_vae": SLatVAETask,
+             "rf_decoder": RFDecoderTask, "mesh_decoder": MeshDecoderTask}
     if cfg.task not in tasks:
         raise ValueError(f"config task must be one of {sorted(tasks)}, got {cfg.task!r}")
     return tasks[cfg.task](cfg)
@@ -236,6 +239,8 @@ def _run(cfg, workdir: Path, log) -> dict:
     task = build_task(cfg)
     if getattr(task, "cond", None) is not None:
         log(f"train: condition: {task.cond.description}")
+    for note in getattr(task, "notes", ()):  # e.g. a randomly initialised frozen encoder
+        log(f"train: {note}")
     init_fn, step_fn, shardings = compile_train(cfg, task, mesh, rules)
     frozen = frozen_inputs(task, mesh, rules)
     batches = make_batches(cfg, task)

@@ -26,13 +26,17 @@ MAX_VD = 4  # dual vertices per cube, at most
 @struct.dataclass
 class DualMesh:
     """Slots of one sample: vertices [4K, 3], colours [4K, C], vertex_mask [4K], faces [3K·2, 3]
-    (indices of vertex slots), face_mask [3K·2]."""
+    (indices of vertex slots), face_mask [3K·2]. For the training regulariser L_dev: deviation [4K] sums,
+    over each dual vertex's edges, |distance to the edge's zero crossing − the vertex's mean distance|,
+    and num_edges [4K] counts those edges (L_dev = Σ deviation / Σ num_edges)."""
 
     vertices: jax.Array
     colors: jax.Array
     vertex_mask: jax.Array
     faces: jax.Array
     face_mask: jax.Array
+    deviation: jax.Array
+    num_edges: jax.Array
 
 
 def normalized_weights(weights: jax.Array, weight_scale: float = 0.99):
@@ -80,6 +84,12 @@ def dual_mesh(grid: CubeGrid, weight_scale: float = 0.99) -> DualMesh:
     bsafe = jnp.where(vd_mask[..., None], bsum, 1.0)
     vd = jnp.einsum("kge,ked->kgd", wm, crossing, precision="highest") / bsafe
     vd_color = jnp.einsum("kge,ked->kgd", wm, col, precision="highest") / bsafe
+    # L_dev: spread of each dual vertex's distances to its edges' crossings.
+    diff = crossing[:, None, :, :] - vd[:, :, None, :]
+    dist = jnp.sqrt(jnp.sum(diff * diff, -1) + 1e-20)  # [K, 4, 12]; finite gradient where a vertex has one edge
+    n_edges = jnp.sum(member, -1)
+    mean_dist = jnp.sum(jnp.where(member, dist, 0.0), -1) / jnp.maximum(n_edges, 1)
+    deviation = jnp.sum(jnp.where(member, jnp.abs(dist - mean_dist[..., None]), 0.0), -1)
     # The dual vertex slot each cube edge belongs to [K, 12] (-1 if none).
     edge_vd = jnp.where(jnp.any(member, 1), jnp.argmax(member, 1), -1)
 
@@ -107,4 +117,6 @@ def dual_mesh(grid: CubeGrid, weight_scale: float = 0.99) -> DualMesh:
         vertex_mask=vd_mask.reshape(-1),
         faces=faces.reshape(-1, 3).astype(jnp.int32),
         face_mask=face_mask.reshape(-1),
+        deviation=deviation.reshape(-1),
+        num_edges=n_edges.reshape(-1).astype(jnp.int32),
     )

@@ -1,0 +1,50 @@
+"""Radiance-field decoder training on frozen-encoder latents: volume-rendered L1 + 0.2·(1 − SSIM) (SPEC §7.3).
+
+Variants: `released` (slat_enc / slat_dec_rf_swin8_B_64l8r16 args, 64³, 512² views, batch 4 per GPU
+with batch_split 2; the frozen encoder's weights at --config.model.encoder_checkpoint=DIR/ckpts/NAME)
+and `tiny` (tiny encoder and decoder at 16³, synthetic textured ellipsoids rendered at 32²; CPU).
+Without an encoder checkpoint the frozen encoder is randomly initialised and the run says so.
+"""
+from pathlib import Path
+
+import ml_collections
+
+from experiments.train._base import tiny_run
+from trellis_jax.config_loader import load_config
+
+_HERE = Path(__file__).resolve().parent
+
+
+def decoder_config(task: str, decoder_variant: str, variant: str) -> ml_collections.ConfigDict:
+    """Shared by rf_decoder.py and mesh_decoder.py: frozen encoder + `decoder_variant` of models/slat_vae.py."""
+    if variant not in ("released", "tiny"):
+        raise KeyError(f"unknown {task} training variant {variant!r}; choose from ['released', 'tiny']")
+    c = load_config(str(_HERE / "_base.py"))
+    c.task = task
+    models = _HERE.parent / "models" / "slat_vae.py"
+    prefix = "" if variant == "released" else "tiny_"
+    c.model = ml_collections.ConfigDict(dict(encoder=load_config(f"{models}:{prefix}enc"),
+                                             decoder=load_config(f"{models}:{prefix}{decoder_variant}"),
+                                             encoder_checkpoint=""))
+    c.loss = ml_collections.ConfigDict(dict(ssim_weight=0.2))
+    c.data = ml_collections.ConfigDict(dict(kind="grain", path="", worker_count=4, synthetic_seed=0, max_corrupt_records=0,
+                                            capacity=32768))
+    c.render = ml_collections.ConfigDict(dict(image_size=512))
+    c.batch_size = 128                 # reference: 4 per GPU; GPU count unpublished (32 assumed)
+    if variant == "tiny":
+        tiny_run(c, batch_size=2, total_steps=60)
+        for m in (c.model.encoder, c.model.decoder):
+            m.args.resolution = 16
+        c.data.capacity = 256
+        c.render.image_size = 32
+    else:
+        c.compute_dtype = "bfloat16"
+    return c
+
+
+def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
+    c = decoder_config("rf_decoder", "dec_rf", variant)
+    c.batch_split = 2 if variant == "released" else 1
+    c.render.sample_capacity = 256     # occupied samples per ray (16 per voxel crossed); overflow is logged
+    c.render.ray_chunk = 4096 if variant == "released" else 1024
+    return c

@@ -1,0 +1,62 @@
+"""What the frozen-encoder decoder stages (rf_decoder, mesh_decoder) share.
+
+The frozen SLat encoder (`frozen_encoder`) turns each asset's voxel features into latents host-side;
+the trainable decoder comes from cfg.model.decoder; synthetic batches are textured ellipsoids
+(`synthetic_assets`) with one GT view each. Subclasses implement `loss`.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from trellis_jax.models.registry import build_model, dummy_inputs
+from trellis_jax.sparse.tensor import SparseTensor
+from trellis_jax.training.tasks.base import Task, compute_dtype, np_rng
+from trellis_jax.training.tasks.frozen_encoder import FrozenEncoder
+from trellis_jax.training.tasks.synthetic_assets import asset_batch, feature_basis
+
+
+def random_backgrounds(rng, batch_size: int) -> jax.Array:
+    """[B, 3]: each render's background, black or white with probability ½ (the reference's 'random')."""
+    return jnp.where(jax.random.bernoulli(rng, 0.5, (batch_size, 1)), 1.0, 0.0) * jnp.ones((batch_size, 3))
+
+
+class DecoderTask(Task):
+    """What the two frozen-encoder decoder stages share: the frozen encoder, the trainable decoder from
+    cfg.model.decoder, and synthetic assets encoded by the frozen encoder."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.encoder = FrozenEncoder(cfg)
+        dec = cfg.model.decoder
+        self.decoder = build_model(dec.class_name, dec.args.to_dict(), dtype=compute_dtype(cfg))
+        self.resolution = int(self.decoder.resolution)
+        if self.encoder.resolution != self.resolution or self.encoder.latent_channels != int(self.decoder.latent_channels):
+            raise ValueError(f"frozen encoder (resolution {self.encoder.resolution}, {self.encoder.latent_channels} latent "
+                             f"channels) does not match the decoder ({self.resolution}, {self.decoder.latent_channels})")
+        self.capacity, self.image_size = int(cfg.data.capacity), int(cfg.render.image_size)
+        self._basis = feature_basis(int(cfg.data.synthetic_seed), self.encoder.in_channels)
+        self.notes = [self.encoder.note, "LPIPS term left out (no VGG weights): L_rec = L1 + 0.2·(1 − SSIM)"]
+
+    def init_params(self, rng):
+        return self.decoder.init(rng, *dummy_inputs(self.decoder))
+
+    def export_models(self, params):
+        d = self.cfg.model.decoder
+        return {d.checkpoint: (d.class_name, d.args.to_dict(), params)}
+
+    def latents(self, params, batch) -> SparseTensor:
+        return SparseTensor(batch["coords"], batch["latents"], batch["mask"], self.resolution)
+
+    def synthetic_batch(self, batch_size, rng):
+        a = asset_batch(np_rng(rng), batch_size, self.resolution, self.capacity, self._basis, self.image_size)
+        a["latents"] = self.encoder(a["coords"], a.pop("feats"), a["mask"])
+        return a
+
+    def tokens_per_batch(self, batch):
+        return int(np.sum(batch["mask"]))
+
+    def grain_loader(self, batch_size, seed):
+        raise ValueError(f"task {self.cfg.task!r} has no grain input yet (the dataset does not carry per-view renders "
+                         "for it); use --config.data.kind=synthetic")
