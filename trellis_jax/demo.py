@@ -14,7 +14,9 @@
 3. trains G_S and G_L for image and for text conditions with the trainer (rectified flow, CFG dropout);
 4. saves each pipeline as an official-format checkpoint directory (`save_pipeline`), reloads it
    through the official loader, and samples the held-out images / captions in one jitted call each;
-5. writes per asset: gaussians.ply (3DGS), voxels.ply, voxels.glb, preview.png; prints where.
+5. writes per asset: gaussians.ply (3DGS), voxels.ply, voxels.glb, preview.png; prints where;
+6. evaluates the held-out assets with `trellis-jax eval` (reconstruction of the SLat VAE it trained,
+   generation of each pipeline) and prints the tables (`cfg.evaluate`; off in the smoke variant).
 Each training stage's workdir (checkpoints, metrics.jsonl, TensorBoard) is OUT/train/<stage>; a rerun
 resumes every stage from its last checkpoint. The condition encoders have RANDOM frozen weights
 (pretrained DINOv2/CLIP cannot be downloaded here).
@@ -252,6 +254,20 @@ def run(cfg) -> dict:
     for kind, rs in results.items():
         names = [p.name for p in image_paths] if kind == "image" else captions
         summary["outputs"][kind], summary["skipped"][kind] = pair_outputs(rs, names)
+
+    # 6. evaluate the held-out assets (the `eval` command, as a user would run it) -----------------
+    if cfg.evaluate:
+        t0 = time.time()
+        held = data / "heldout"
+        command("eval", "--config", "experiments/eval/reconstruction.py:tiny", "--workdir", out / "eval" / "reconstruction",
+                f"--config.data={held}", f"--config.checkpoints.encoder={slat_ckpts / enc_m.checkpoint}",
+                f"--config.checkpoints.decoder_gs={slat_ckpts / dec_m.checkpoint}")
+        for kind, wdir in pipelines.items():
+            command("eval", "--config", "experiments/eval/generation.py:tiny", "--workdir", out / "eval" / f"generation_{kind}",
+                    f"--config.data={held}", f"--config.pipeline={wdir}", f"--config.capacity={cfg.sample_capacity}")
+        summary["stages"]["eval"] = time.time() - t0
+        summary["eval"] = {p.name: {t: v["aggregate"] for t, v in json.loads((p / "metrics.json").read_text())["tasks"].items()}
+                           for p in sorted((out / "eval").iterdir()) if (p / "metrics.json").exists()}
     summary["total_seconds"] = time.time() - t_start
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
 
@@ -264,6 +280,8 @@ def run(cfg) -> dict:
     log(f"  SLat VAE held-out reconstruction PSNR: {psnr_before:.2f} dB (init) -> {psnr_after:.2f} dB (trained)")
     log(f"  pipelines (official checkpoint layout): {', '.join(str(p) for p in pipelines.values())}")
     log(f"  training workdirs (metrics.jsonl, tb/): {work}; summary: {out / 'summary.json'}")
+    if cfg.evaluate:
+        log(f"  evaluation (tables above; metrics.json, metrics.csv, grids/): {out / 'eval'}")
     return summary
 
 

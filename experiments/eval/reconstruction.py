@@ -11,8 +11,8 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     c = base(variant)
     c.tasks = ("reconstruction",)
     c.checkpoints = ml_collections.ConfigDict(dict(  # official-layout prefixes ('' = random networks of `models`)
-        encoder="outputs/demo/weights_image/ckpts/slat_enc" if variant == "tiny" else "",
-        decoder_gs="outputs/demo/weights_image/ckpts/slat_dec_gs" if variant == "tiny" else "",
+        encoder="outputs/demo/train/slat_vae/ckpts/slat_enc_tiny" if variant == "tiny" else "",
+        decoder_gs="outputs/demo/train/slat_vae/ckpts/slat_dec_gs_tiny" if variant == "tiny" else "",
         decoder_mesh="",     # with records carrying `surface_points`: Chamfer distance and F-score
     ))
     c.fscore_threshold = 0.05    # the threshold is not in the paper's text we have; 0.05 of the unit cube is the common choice
