@@ -147,6 +147,12 @@ def test_build_data_manifest_and_config_errors_name_the_file(tmp_path, capsys):
     assert rc == 2 and "unknown config key 'voxel_res'" in line
 
 
+def test_encode_data_missing_encoder_checkpoint_is_one_line_naming_it(tmp_path, capsys):
+    rc, line = run_cli(capsys, "encode-data", "--in", tmp_path, "--out", tmp_path / "o", "--ss-encoder", tmp_path / "nope",
+                       "--slat-encoder", tmp_path / "nope2")
+    assert rc == 2 and f"{tmp_path / 'nope'}.json: file not found" in line
+
+
 def test_build_data_restart_with_another_config_is_refused(tmp_path, capsys):
     (tmp_path / "m.json").write_text("[]")
     out = tmp_path / "ds"
