@@ -29,7 +29,7 @@ RUNS = {
     "slat_vae": (["--config", "experiments/train/slat_vae.py:tiny", "--config.model.encoder.args.model_channels=32",
                   "--config.model.decoder.args.model_channels=32", "--config.model.encoder.args.num_blocks=1",
                   "--config.model.decoder.args.num_blocks=1", "--config.data.capacity=96", "--config.data.render_size=16",
-                  "--config.init_rng_impl=rbg", *ARGS[2:]], TOTAL, EVERY),
+                  "--config.init_rng_impl=rbg", f"--config.total_steps={TOTAL}", f"--config.ckpt_every={EVERY}"], TOTAL, EVERY),
     "rf_decoder": (["--config", "experiments/train/rf_decoder.py:tiny", "--config.data.capacity=64",
                     "--config.render.image_size=16", "--config.total_steps=10", "--config.ckpt_every=3"], 10, 3),
     "mesh_decoder": (["--config", "experiments/train/mesh_decoder.py:tiny", "--config.data.capacity=32",
@@ -62,20 +62,20 @@ def reference(request, tmp_path_factory, env):
     assert res.returncode == 0, res.stderr[-3000:]
     losses = read_step_losses(wd)
     assert sorted(losses) == list(range(total))
-    return name, losses
+    return name, wd, losses
 
 
 def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tmp_path, env, reference):
-    name, reference = reference
-    ARGS, TOTAL, EVERY = RUNS[name]
+    name, ref_dir, ref_losses = reference
+    args, total, every = RUNS[name]
     wd = tmp_path / "run"
-    cmd = [sys.executable, "-m", "trellis_jax.train", *ARGS[task], "--workdir", str(wd)]
+    cmd = [sys.executable, "-m", "trellis_jax.train", *args, "--workdir", str(wd)]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     try:
         while time.time() < deadline and proc.poll() is None:
             done = read_step_losses(wd) if (wd / "metrics.jsonl").exists() else {}
-            if (wd / "checkpoints" / str(EVERY)).is_dir() and done and max(done) >= EVERY + 3:
+            if (wd / "checkpoints" / str(every)).is_dir() and done and max(done) >= every + 3:
                 proc.send_signal(signal.SIGKILL)
                 break
             time.sleep(0.02)
@@ -85,19 +85,19 @@ def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tmp_path, en
             proc.kill()
     assert proc.returncode == -signal.SIGKILL, f"run was not killed mid-way:\n{proc.stdout.read()[-3000:]}"
     killed_at = max(read_step_losses(wd))
-    assert EVERY + 3 <= killed_at < TOTAL - 1
+    assert every + 3 <= killed_at < total - 1
 
-    res = _train(wd, env, args=ARGS)
+    res = _train(wd, env, args=args)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resumed from" in res.stdout + res.stderr
     resumed = read_step_losses(wd)
-    assert sorted(resumed) == list(range(TOTAL))
+    assert sorted(resumed) == list(range(total))
     assert resumed == ref_losses  # bit-identical per-step losses
     # ... and the exported models (official checkpoints of the final weights) are byte-identical
     exported = sorted(p.name for p in (ref_dir / "ckpts").iterdir())
     assert exported and exported == sorted(p.name for p in (wd / "ckpts").iterdir())
-    for name in exported:
-        assert (wd / "ckpts" / name).read_bytes() == (ref_dir / "ckpts" / name).read_bytes(), name
+    for fname in exported:
+        assert (wd / "ckpts" / fname).read_bytes() == (ref_dir / "ckpts" / fname).read_bytes(), fname
 
 
 @pytest.mark.parametrize("every", [1, 3])

@@ -23,7 +23,7 @@ def base(variant: str, demo_out: str = "outputs/demo") -> ml_collections.ConfigD
         c.num_views = 4          # the first stored views of each record (-1: all)
         c.resolution = 64
         c.background = (1.0, 1.0, 1.0)
-    elif variant == "toys4k":    # the paper's evaluation set (TRELLIS_SPEC §12): held-out Toys4k, 512² renders
+    elif variant == "toys4k":    # the paper's evaluation set (the paper's Tables 1-2): held-out Toys4k, 512² renders
         c.data = ""              # a `build-data` dataset of the Toys4k assets (reference render settings)
         c.num_assets = -1
         c.num_views = -1         # the paper's metric views were not released: every stored view (150 by the reference renderer)

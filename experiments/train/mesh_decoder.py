@@ -1,5 +1,5 @@
 """Mesh decoder training on frozen-encoder latents: FlexiCubes + rasterised mask/depth/normal/colour and the
-reference's regularisers (SPEC §7.3, §5.6).
+reference's regularisers (docs/reference_facts.md#losses).
 
 Variants: `released` (slat_enc / slat_dec_mesh_swin8_B_64l8m256c args: 64³ latents, 256³ FlexiCubes, 512²
 views, batch 4 per GPU with batch_split 4; the frozen encoder's weights at

@@ -1,4 +1,4 @@
-"""Radiance-field decoder training on frozen-encoder latents: volume-rendered L1 + 0.2·(1 − SSIM) (SPEC §7.3).
+"""Radiance-field decoder training on frozen-encoder latents: volume-rendered L1 + 0.2·(1 − SSIM) (docs/reference_facts.md#losses).
 
 Variants: `released` (slat_enc / slat_dec_rf_swin8_B_64l8r16 args, 64³, 512² views, batch 4 per GPU
 with batch_split 2; the frozen encoder's weights at --config.model.encoder_checkpoint=DIR/ckpts/NAME)

@@ -1,4 +1,4 @@
-"""SLat VAE training: SLat encoder + Gaussian decoder, jointly, by differentiable splatting (SPEC §7.3).
+"""SLat VAE training: SLat encoder + Gaussian decoder, jointly, by differentiable splatting (docs/reference_facts.md#losses).
 
 Loss: L1 + 0.2·(1 − SSIM) + 0.2·LPIPS on one random view per asset (random black/white background)
 + 1e-6·KL + 1e4·mean(Π scale) + 1e-3·mean((1 − opacity)²). LPIPS needs a VGG16 backbone file and the
