@@ -232,16 +232,20 @@ def clip_vision_config_from_hf(cfg: dict) -> CLIPVisionConfig:
     )
 
 
+def _load_hf(directory: Path, model, dummy_input, rules, ignored, param_dtype):
+    """Strictly map an HF directory's safetensors onto `model`'s parameter template (built from
+    `dummy_input` without allocating) -> params."""
+    template = nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy_input))["params"]
+    return _map_strict(read_safetensors_dir(directory), rules, ignored, template, str(directory), param_dtype)
+
+
 def load_dinov2(directory: str | Path, dtype=jnp.float32, param_dtype=jnp.float32):
     """-> (DINOv2 module, params) from an HF-format directory."""
     directory = Path(directory)
     config = dinov2_config_from_hf(_read_config(directory))
     model = DINOv2(config, dtype=dtype)
-    template = nn.meta.unbox(
-        jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, config.image_size, config.image_size, 3)))
-    )["params"]
-    params = _map_strict(read_safetensors_dir(directory), _dinov2_rules(config.num_layers), _DINOV2_IGNORED, template, str(directory), param_dtype)
-    return model, params
+    dummy = jnp.zeros((1, config.image_size, config.image_size, 3))
+    return model, _load_hf(directory, model, dummy, _dinov2_rules(config.num_layers), _DINOV2_IGNORED, param_dtype)
 
 
 def load_clip_text(directory: str | Path, dtype=jnp.float32, param_dtype=jnp.float32):
@@ -249,11 +253,8 @@ def load_clip_text(directory: str | Path, dtype=jnp.float32, param_dtype=jnp.flo
     directory = Path(directory)
     config = clip_text_config_from_hf(_read_config(directory))
     model = CLIPTextEncoder(config, dtype=dtype)
-    template = nn.meta.unbox(
-        jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, config.max_position_embeddings), jnp.int32))
-    )["params"]
-    params = _map_strict(read_safetensors_dir(directory), _clip_rules(), _CLIP_IGNORED, template, str(directory), param_dtype)
-    return model, params
+    dummy = jnp.zeros((1, config.max_position_embeddings), jnp.int32)
+    return model, _load_hf(directory, model, dummy, _clip_rules(), _CLIP_IGNORED, param_dtype)
 
 
 def load_clip_image(directory: str | Path, dtype=jnp.float32, param_dtype=jnp.float32):
@@ -262,11 +263,8 @@ def load_clip_image(directory: str | Path, dtype=jnp.float32, param_dtype=jnp.fl
     directory = Path(directory)
     config = clip_vision_config_from_hf(_read_config(directory))
     model = CLIPVisionEncoder(config, dtype=dtype)
-    template = nn.meta.unbox(
-        jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, config.image_size, config.image_size, 3)))
-    )["params"]
-    params = _map_strict(read_safetensors_dir(directory), _clip_vision_rules(), _CLIP_VISION_IGNORED, template, str(directory), param_dtype)
-    return model, params
+    dummy = jnp.zeros((1, config.image_size, config.image_size, 3))
+    return model, _load_hf(directory, model, dummy, _clip_vision_rules(), _CLIP_VISION_IGNORED, param_dtype)
 
 
 def load_clip_text_projection(directory: str | Path) -> jax.Array:
