@@ -82,7 +82,6 @@ class _Pipeline:
                 bad = sorted(set(given) - fields)
                 if bad:
                     raise ValueError(f"{name}: unknown parameter(s) {bad} (known: {sorted(fields)})")
-            for name, given in (("sparse_structure_sampler_params", ss), ("slat_sampler_params", slat)):
                 if int(given.get("steps", 1)) < 1:
                     raise ValueError(f"{name}: steps must be >= 1, got {given['steps']}")
             as_tuple = lambda d: {k: (tuple(v) if k == "cfg_interval" else v) for k, v in d.items()}
