@@ -1,9 +1,13 @@
-"""LPIPS (VGG16, lpips v0.1) against an independent numpy forward on random weights.
+"""LPIPS (VGG16, lpips v0.1): parity with the `lpips` PyTorch package through a committed fixture, and
+with an independent numpy forward.
 
-torch is not installed in the project venv, so parity is with a numpy re-derivation written from the
-package's definition (NCHW, torch key layout, explicit im2col convolution), not with the package itself.
-Backbone weights here are random (He-initialised), not the pretrained VGG16.
+torch is not in the project venv: `tests/fixtures/lpips` was made by `tools/make_lpips_fixture.py` with
+the package itself (its shipped linear layers, saved by torch.save; a seeded random VGG16 backbone, since
+the pretrained one cannot be downloaded here). The numpy re-derivation (NCHW, torch key layout, explicit
+im2col convolution) also covers the legacy and zip .pth layouts. Backbones here are random, not VGG16's.
 """
+from pathlib import Path
+
 import numpy as np
 import jax
 import jax.numpy as jnp
@@ -11,18 +15,13 @@ import pytest
 
 from trellis_jax.losses import lpips as L
 from trellis_jax.losses.image import reconstruction_loss
+from tests.lpips_random_weights import fingerprint, random_lin_state_dict, random_vgg16_state_dict
+
+FIXTURE = Path(__file__).parent / "fixtures" / "lpips"
 
 
 def _random_state_dicts(seed=0):
-    rng = np.random.default_rng(seed)
-    vgg, in_ch = {}, 3
-    for layers, ch in zip(L.VGG16_STAGES, L.VGG16_CHANNELS):
-        for i in layers:
-            vgg[f"features.{i}.weight"] = (rng.standard_normal((ch, in_ch, 3, 3)) * np.sqrt(2 / (9 * in_ch))).astype(np.float32)
-            vgg[f"features.{i}.bias"] = (0.01 * rng.standard_normal(ch)).astype(np.float32)
-            in_ch = ch
-    lin = {f"lin{k}.model.1.weight": rng.uniform(0, 1, (1, ch, 1, 1)).astype(np.float32) for k, ch in enumerate(L.VGG16_CHANNELS)}
-    return vgg, lin
+    return random_vgg16_state_dict(seed), random_lin_state_dict(np.random.default_rng(seed + 1))
 
 
 def _conv3x3_nchw(x, w, b):
@@ -80,6 +79,22 @@ def test_lpips_matches_numpy_reference_on_random_weights(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     same = L.lpips_fn(params)(jnp.asarray(a.transpose(0, 2, 3, 1)), jnp.asarray(a.transpose(0, 2, 3, 1)))
     np.testing.assert_allclose(np.asarray(same), 0, atol=1e-7)
+
+
+def test_lpips_matches_the_pytorch_package_fixture(tmp_path):
+    """Distances of the `lpips` package (torch, fp32) on two image sizes, to 1e-5; linear layers read from the
+    torch-written lin.pth, the backbone regenerated from the fixture's seed."""
+    io = np.load(FIXTURE / "io.npz")
+    vgg = random_vgg16_state_dict(int(io["seed"]))
+    np.testing.assert_allclose(fingerprint(vgg), io["fingerprint"], rtol=1e-12,
+                               err_msg="numpy's random stream changed: regenerate the fixture")
+    np.savez(tmp_path / "vgg16.npz", **vgg)
+    fn = jax.jit(L.lpips_fn(L.load_lpips(tmp_path / "vgg16.npz", FIXTURE / "lin.pth")))
+    for name in ("small", "square"):
+        a, b = (jnp.asarray(io[f"{name}_{k}"].transpose(0, 2, 3, 1)) for k in "ab")
+        want = io[f"{name}_lpips"]
+        assert want.min() > 1e-2
+        np.testing.assert_allclose(np.asarray(fn(a, b)), want, rtol=1e-5, atol=1e-7, err_msg=name)
 
 
 def test_reconstruction_loss_adds_lpips_term(tmp_path, capsys):
