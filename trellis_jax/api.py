@@ -25,6 +25,8 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from trellis_jax.conditioning import encode_conditions
+
 FORMATS = ("gaussian", "radiance_field", "mesh")
 
 
@@ -143,10 +145,9 @@ class TrellisImageTo3DPipeline(_Pipeline):
         """One image (PIL, array or path) -> `num_samples` assets with seeds seed, seed+1, ... (one jitted call).
         RGBA images are cropped around their alpha as the reference's preprocessing does."""
         pipe = self._variant(sparse_structure_sampler_params, slat_sampler_params, formats)
-        cond = self.cond_model(self._images([image]))
         seeds = self._seeds(seed, num_samples)
-        cond = np.repeat(np.asarray(cond), len(seeds), axis=0)
-        return self._sample(cond, self.cond_model.negative(len(seeds)), seeds, pipe, multi_image=False)
+        cond, neg = encode_conditions(self.cond_model, self._images([image]), copies=len(seeds))
+        return self._sample(cond, neg, seeds, pipe, multi_image=False)
 
     def run_multi_image(self, images: Sequence, num_samples: int = 1, seed: int = 42,
                         sparse_structure_sampler_params: dict | None = None, slat_sampler_params: dict | None = None,
@@ -157,10 +158,9 @@ class TrellisImageTo3DPipeline(_Pipeline):
         if len(images) < 1:
             raise ValueError("run_multi_image needs at least one image")
         pipe = self._variant(sparse_structure_sampler_params, slat_sampler_params, formats, multi_image_mode=mode)
-        views = np.asarray(self.cond_model(self._images(images)))  # [K, T, C]
         seeds = self._seeds(seed, num_samples)
-        cond = np.broadcast_to(views[None], (len(seeds),) + views.shape)
-        return self._sample(cond, self.cond_model.negative(len(seeds)), seeds, pipe, multi_image=True)
+        cond, neg = encode_conditions(self.cond_model, self._images(images), multi_image=True, copies=len(seeds))
+        return self._sample(cond, neg, seeds, pipe, multi_image=True)
 
 
 class TrellisTextTo3DPipeline(_Pipeline):
@@ -176,8 +176,8 @@ class TrellisTextTo3DPipeline(_Pipeline):
         check_texts([prompt], self.cond_model)
         pipe = self._variant(sparse_structure_sampler_params, slat_sampler_params, formats)
         seeds = self._seeds(seed, num_samples)
-        cond = self.cond_model([prompt] * len(seeds))
-        return self._sample(cond, self.cond_model.negative(len(seeds)), seeds, pipe, multi_image=False)
+        cond, neg = encode_conditions(self.cond_model, [prompt], copies=len(seeds))
+        return self._sample(cond, neg, seeds, pipe, multi_image=False)
 
 
 def render_video(sample, num_frames: int = 120, resolution: int = 512, bg=(0.0, 0.0, 0.0)) -> dict:

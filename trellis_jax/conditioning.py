@@ -125,6 +125,16 @@ class TextConditioner:
         return jnp.repeat(self([""]), batch, axis=0)
 
 
+def encode_conditions(cond_model, prompts: Sequence, *, multi_image: bool = False, copies: int = 1):
+    """Prompts (PIL images or texts) -> (cond, neg), the sampler's condition inputs.
+
+    Plain: cond [len(prompts)·copies, T, C], each prompt repeated `copies` times in a row. multi_image:
+    all prompts condition ONE asset, cond [copies, K, T, C]. neg: the unconditional tokens [B, T, C]."""
+    cond = np.asarray(cond_model(list(prompts)))
+    cond = np.broadcast_to(cond[None], (copies,) + cond.shape) if multi_image else np.repeat(cond, copies, axis=0)
+    return cond, cond_model.negative(cond.shape[0])
+
+
 IMAGE_ARCHS = {"vitl14_reg": VITL14_REG, "tiny": TINY_DINOV2}
 TEXT_ARCHS = {"vitl14": CLIP_VIT_L14_TEXT, "tiny": TINY_CLIP}
 

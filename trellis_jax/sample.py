@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from trellis_jax.atomic import check_output_dir, check_writable_dir
+from trellis_jax.conditioning import encode_conditions
 from trellis_jax.export.asset import export_sample
 from trellis_jax.sampling.pipeline import TrellisPipeline
 
@@ -119,19 +120,16 @@ def generate(pipe: TrellisPipeline, cond_model, kind: str, *, images=(), texts=(
         pil = [im if isinstance(im, Image.Image) else read_image(im) for im in images]
         prompts = [str(im) for im in images]
         log(f"encoding {len(pil)} image(s) ...")
-        cond = cond_model(pil)
+        cond, neg = encode_conditions(cond_model, pil, multi_image=bool(multi_image))
         if multi_image:
-            cond = cond[None]  # [1, K, T, C]: all images condition one asset
-            prompts = [" + ".join(prompts)]
-        neg = cond_model.negative(1 if multi_image else cond.shape[0])
+            prompts = [" + ".join(prompts)]  # all images condition one asset
     else:
         if not texts:
             raise ValueError("this is a text-conditioned pipeline: give --text")
         check_texts(texts, cond_model, log)
         prompts = list(texts)
         log(f"encoding {len(texts)} prompt(s) ...")
-        cond = cond_model(texts)
-        neg = cond_model.negative(cond.shape[0])
+        cond, neg = encode_conditions(cond_model, texts)
     n = cond.shape[0]
     seeds = resolve_seeds(seeds, n)
     for b in range(n):
