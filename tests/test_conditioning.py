@@ -29,3 +29,24 @@ def test_text_encoder_compiles_once_for_three_batches(compiles):
     ids = enc.token_ids(["a chair number 2", "a red box"])
     assert ids.shape == (2, 77) and ids.dtype == np.int32
     np.testing.assert_allclose(np.asarray(outs[2]), np.asarray(jax.jit(enc.tokens)(enc.params, ids)), rtol=1e-5, atol=1e-5)
+
+
+def test_encode_conditions_layouts():
+    """Plain prompts repeat per copy in a row; multi-image stacks all prompts into one asset's condition."""
+    from trellis_jax.conditioning import encode_conditions
+
+    class Stub:
+        def __call__(self, prompts):
+            return np.stack([np.full((2, 3), float(p)) for p in prompts])
+
+        def negative(self, batch):
+            return np.zeros((batch, 2, 3))
+
+    cond, neg = encode_conditions(Stub(), [1, 2], copies=2)
+    assert cond.shape == (4, 2, 3) and neg.shape == (4, 2, 3)
+    np.testing.assert_array_equal(cond[:, 0, 0], [1, 1, 2, 2])
+    cond, neg = encode_conditions(Stub(), [1, 2, 3], multi_image=True, copies=2)
+    assert cond.shape == (2, 3, 2, 3) and neg.shape == (2, 2, 3)
+    np.testing.assert_array_equal(cond[1, :, 0, 0], [1, 2, 3])
+    cond, neg = encode_conditions(Stub(), [5], multi_image=True)
+    assert cond.shape == (1, 1, 2, 3) and neg.shape == (1, 2, 3)
