@@ -1,7 +1,7 @@
 """Settings shared by every training config: optimizer, EMA, logging, checkpoints, mesh
 (optimizer defaults: docs/reference_facts.md#optimizer).
 
-Task configs (ss_flow.py, slat_flow.py, ss_vae.py) start from get_config() here and add `task`,
+Task configs start from get_config() here (through flow_run or vae_run) and add `task`,
 `model`, `data` and the task's own keys. Any key can be overridden on the command line:
 `--config.optimizer.lr=3e-4`; an unknown key is an error naming it.
 """
@@ -74,6 +74,22 @@ def flow_run(task: str, variant: str, data: dict) -> ml_collections.ConfigDict:
         kind, c.batch_size = FLOW_VARIANTS[variant]
         c.compute_dtype = "bfloat16"
         c.cond = condition(kind)
+    return c
+
+
+def vae_run(task: str, variant: str, models: str, decoder: str) -> ml_collections.ConfigDict:
+    """What the VAE and decoder training configs share: these settings, `task`, and model.encoder /
+    model.decoder from experiments/models/<models>.py — `enc` and `decoder` for `released` (bfloat16
+    compute), `tiny_enc` and `tiny_<decoder>` for `tiny`. The caller adds loss, data and run sizes."""
+    if variant not in ("released", "tiny"):
+        raise KeyError(f"unknown {task} training variant {variant!r}; choose from ['released', 'tiny']")
+    c = get_config()
+    c.task = task
+    path = Path(__file__).resolve().parent.parent / "models" / f"{models}.py"
+    prefix = "" if variant == "released" else "tiny_"
+    c.model = ml_collections.ConfigDict(dict(encoder=load_config(f"{path}:{prefix}enc"), decoder=load_config(f"{path}:{prefix}{decoder}")))
+    if variant == "released":
+        c.compute_dtype = "bfloat16"
     return c
 
 

@@ -5,27 +5,15 @@ with batch_split 2; the frozen encoder's weights at --config.model.encoder_check
 and `tiny` (tiny encoder and decoder at 16³, synthetic textured ellipsoids rendered at 32²; CPU).
 Without an encoder checkpoint the frozen encoder is randomly initialised and the run says so.
 """
-from pathlib import Path
-
 import ml_collections
 
-from experiments.train._base import tiny_run
-from trellis_jax.config_loader import load_config
-
-_HERE = Path(__file__).resolve().parent
+from experiments.train._base import tiny_run, vae_run
 
 
 def decoder_config(task: str, decoder_variant: str, variant: str) -> ml_collections.ConfigDict:
     """Shared by rf_decoder.py and mesh_decoder.py: frozen encoder + `decoder_variant` of models/slat_vae.py."""
-    if variant not in ("released", "tiny"):
-        raise KeyError(f"unknown {task} training variant {variant!r}; choose from ['released', 'tiny']")
-    c = load_config(str(_HERE / "_base.py"))
-    c.task = task
-    models = _HERE.parent / "models" / "slat_vae.py"
-    prefix = "" if variant == "released" else "tiny_"
-    c.model = ml_collections.ConfigDict(dict(encoder=load_config(f"{models}:{prefix}enc"),
-                                             decoder=load_config(f"{models}:{prefix}{decoder_variant}"),
-                                             encoder_checkpoint=""))
+    c = vae_run(task, variant, "slat_vae", decoder_variant)
+    c.model.encoder_checkpoint = ""
     c.loss = ml_collections.ConfigDict(dict(ssim_weight=0.2))
     c.data = ml_collections.ConfigDict(dict(kind="grain", path="", worker_count=4, synthetic_seed=0, max_corrupt_records=0,
                                             capacity=32768))
@@ -37,8 +25,6 @@ def decoder_config(task: str, decoder_variant: str, variant: str) -> ml_collecti
             m.args.resolution = 16
         c.data.capacity = 256
         c.render.image_size = 32
-    else:
-        c.compute_dtype = "bfloat16"
     return c
 
 

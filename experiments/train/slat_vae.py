@@ -10,24 +10,13 @@ Variants: `released` (slat_enc_swin8_B_64l8 + slat_dec_gs_swin8_B_64l8gs32 args,
 512² supervision) and `tiny` (tiny encoder/decoder on synthetic coloured shells on a 16³ grid, 32²
 views; CPU).
 """
-from pathlib import Path
-
 import ml_collections
 
-from experiments.train._base import tiny_run
-from trellis_jax.config_loader import load_config
-
-_HERE = Path(__file__).resolve().parent
+from experiments.train._base import tiny_run, vae_run
 
 
 def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
-    if variant not in ("released", "tiny"):
-        raise KeyError(f"unknown slat_vae training variant {variant!r}; choose from ['released', 'tiny']")
-    c = load_config(str(_HERE / "_base.py"))
-    c.task = "slat_vae"
-    models = _HERE.parent / "models" / "slat_vae.py"
-    enc, dec = ("enc", "dec_gs") if variant == "released" else ("tiny_enc", "tiny_dec_gs")
-    c.model = ml_collections.ConfigDict(dict(encoder=load_config(f"{models}:{enc}"), decoder=load_config(f"{models}:{dec}")))
+    c = vae_run("slat_vae", variant, "slat_vae", "dec_gs")
     c.loss = ml_collections.ConfigDict(dict(ssim_weight=0.2, lpips_weight=0.2, lpips_backbone="", lpips_linear="", kl_weight=1e-6,
                                             volume_weight=1e4, opacity_weight=1e-3))
     # capacity: voxels per asset after padding (the reference keeps assets with <= 32768 voxels)
@@ -41,6 +30,4 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
         c.data.capacity, c.data.render_size = 256, 32
         for m in (c.model.encoder, c.model.decoder):
             m.args.resolution = 16
-    else:
-        c.compute_dtype = "bfloat16"
     return c
