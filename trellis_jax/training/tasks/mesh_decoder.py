@@ -100,7 +100,7 @@ class MeshDecoderTask(DecoderTask):
         self.max_cubes = int(cfg.render.get("max_cubes", 0) or 64 * self.capacity)
 
     def loss(self, params, batch, rng, frozen=None):
-        decoded = self.decoder.apply(params, self.latents(params, batch))
+        decoded = self.decoder.apply(params, self.latents(batch, frozen))
         gt = {k: batch[k] for k in ("depth",)}
         renders, reg = jax.vmap(self._one)(decoded.coords, decoded.feats, decoded.mask, batch["extrinsics"],
                                             batch["intrinsics"], gt)
