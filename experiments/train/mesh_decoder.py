@@ -21,5 +21,5 @@ def get_config(variant: str = "tiny"):
         # every corner outside and the surface vanishes, so the tiny run keeps the reference's lr.
         c.optimizer.lr = 1e-4
         c.data.capacity = 128
-        c.total_steps = 40
+        c.total_steps = 80
     return c

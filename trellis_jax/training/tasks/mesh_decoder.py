@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from trellis_jax.losses.image import l1, reconstruction_loss
+from trellis_jax.losses.image import absolute, l1, reconstruction_loss
 from trellis_jax.models.slat_mesh_decoder import mesh_channel_split
 from trellis_jax.render import mesh_raster as mr
 from trellis_jax.render.mesh_raster import project_vertices
@@ -66,7 +66,7 @@ class MeshDecoderTask(DecoderTask):
         dm = dual_mesh(grid, training=True)
         l_dev = jnp.sum(dm.deviation) / jnp.maximum(jnp.sum(dm.num_edges), 1)
         n_active = jnp.maximum(jnp.sum(mask), 1)
-        w_abs = jnp.sum(jnp.where(mask[:, None], jnp.abs(parts["weights"][:, :20]), 0.0)) / (20 * n_active)
+        w_abs = jnp.sum(jnp.where(mask[:, None], absolute(parts["weights"][:, :20]), 0.0)) / (20 * n_active)
         # TSDF on the deformed distinct vertices
         S = self.image_size
         delta = 3.0 / res
