@@ -206,3 +206,80 @@ def test_vertex_coloured_glb_is_y_up(spheres, tmp_path):
     assert loaded.is_watertight and loaded.volume > 0
     with pytest.raises(ValueError, match="empty mesh"):
         save_mesh_glb(tmp_path / "empty.glb", v[:0], f[:0])
+
+
+@jax.jit
+def _both_splits(st: SparseTensor):
+    """Per sample, the DualMesh of the inference and of the training split (same cube table) and the
+    cube table's γ [B, K] (a dual vertex in slot s has its cube's γ, cube s // 4)."""
+    from trellis_jax.models.slat_mesh_decoder import mesh_channel_split
+    from trellis_jax.representations.mesh.flexicubes import dual_mesh, normalized_weights
+    from trellis_jax.representations.mesh.sparse_grid import build_cube_grid
+
+    def one(c, f, m):
+        p = mesh_channel_split(f, True)
+        grid = build_cube_grid(c, m, p["sdf"] - 1.0 / RES, p["deform"], p["color"], p["weights"], RES, c.shape[0])
+        return dual_mesh(grid), dual_mesh(grid, training=True), normalized_weights(grid.weights)[2]
+
+    return jax.vmap(one)(st.coords, st.feats, st.mask)
+
+
+def _random_weights(spheres, seed=4):
+    rng = np.random.default_rng(seed)
+    feats = np.array(spheres.feats)
+    feats[..., 32:53] = rng.normal(size=feats[..., 32:53].shape)
+    return spheres.replace(feats=jnp.asarray(np.where(np.asarray(spheres.mask)[..., None], feats, 0)))
+
+
+def test_training_split_adds_a_gamma_weighted_centre_and_four_triangles_per_quad(spheres):
+    from trellis_jax.representations.mesh.extract import _compact
+
+    st = _random_weights(spheres)
+    inf, tr, cube_gamma = jax.tree.map(np.asarray, _both_splits(st))
+    K4 = inf.vertices.shape[1]
+    assert tr.vertices.shape[1] == K4 + 3 * K4 // 4 and tr.faces.shape[1] == 2 * inf.faces.shape[1]
+    for b, (centre, radius) in enumerate(SPHERES):
+        n_quads = inf.face_mask[b].sum() // 2
+        assert n_quads > 0 and tr.face_mask[b].sum() == 4 * n_quads  # 4 triangles per quad instead of 2
+        assert tr.vertex_mask[b].sum() == inf.vertex_mask[b].sum() + n_quads  # one centre per quad
+        np.testing.assert_array_equal(tr.vertices[b, :K4], inf.vertices[b])  # dual vertices unchanged
+        # Each quad's fan (q_i, q_i+1, c) shares c; c is the γ-weighted mean of the quad's two diagonals.
+        fan = tr.faces[b].reshape(-1, 4, 3)[tr.face_mask[b].reshape(-1, 4)[:, 0]]
+        assert (fan[:, :, 2] == fan[:, :1, 2]).all() and (fan[:, :, 2] >= K4).all()
+        q = fan[:, :, 0]
+        np.testing.assert_array_equal(fan[:, :, 1], np.roll(q, -1, 1))
+        assert np.ptp(cube_gamma[b]) > 0.1  # random weights: the γ weighting matters
+        g = cube_gamma[b][q // 4]
+        g02, g13 = g[:, 0] * g[:, 2], g[:, 1] * g[:, 3]
+        v = tr.vertices[b]
+        want = (g02[:, None] * (v[q[:, 0]] + v[q[:, 2]]) / 2 + g13[:, None] * (v[q[:, 1]] + v[q[:, 3]]) / 2) / (g02 + g13 + 1e-8)[:, None]
+        np.testing.assert_allclose(v[fan[:, 0, 2]], want, atol=1e-6)
+        cw = tr.colors[b]
+        want_c = (g02[:, None] * (cw[q[:, 0]] + cw[q[:, 2]]) / 2 + g13[:, None] * (cw[q[:, 1]] + cw[q[:, 3]]) / 2) / (g02 + g13 + 1e-8)[:, None]
+        np.testing.assert_allclose(cw[fan[:, 0, 2]], want_c, atol=1e-6)
+    # Still a closed, outward sphere (χ unchanged: +1 vertex, +4 edges, +2 faces per quad); plain weights
+    # here, so that the dual vertices lie close to the sphere.
+    tr = _both_splits(spheres)[1]
+    for b, (centre, radius) in enumerate(SPHERES):
+        one = jax.tree.map(lambda x: x[b], tr)
+        verts, faces, attrs, nv, nf = _compact(one, tr.vertex_mask.shape[1], tr.face_mask.shape[1])
+        _check_closed_sphere(np.asarray(verts)[: int(nv)], np.asarray(faces)[: int(nf)], np.asarray(attrs)[: int(nv)],
+                             np.asarray(centre), radius)
+
+
+def test_training_split_gives_gamma_a_gradient(spheres):
+    """The inference split uses γ only in a comparison (no gradient); the centre vertex depends on it smoothly."""
+    st = _random_weights(spheres)
+    probe = jnp.asarray(np.random.default_rng(2).normal(size=(2, 7 * spheres.capacity, 3)), jnp.float32)
+
+    def loss(f, training):
+        dm = _both_splits(st.replace(feats=f))[int(training)]
+        v = dm.vertices
+        return jnp.sum(jnp.where(dm.vertex_mask[..., None], v * probe[:, : v.shape[1]], 0.0))
+
+    g_tr = np.asarray(jax.grad(loss)(st.feats, True))
+    g_inf = np.asarray(jax.grad(loss)(st.feats, False))
+    assert np.isfinite(g_tr).all() and np.abs(g_tr[..., 52]).max() > 1e-4
+    assert not np.any(g_inf[..., 52])
+    for cols in (slice(0, 8), slice(8, 32), slice(32, 52)):
+        assert np.abs(g_tr[..., cols]).max() > 1e-4

@@ -144,9 +144,17 @@ def test_padded_faces_are_ignored_and_overflow_is_reported():
     np.testing.assert_array_equal(np.asarray(exact.triangle_id), np.asarray(full.triangle_id))
 
 
-def test_gradients_are_finite_with_degenerate_and_padding_faces():
+@pytest.mark.parametrize("first", ["same_vertex", "nearly_degenerate"])
+def test_gradients_are_finite_with_degenerate_and_padding_faces(first):
+    """Face 0 (the stand-in face of background pixels) degenerate: one vertex thrice, or three vertices
+    a rounding error apart (FlexiCubes' padding fans in the training split: its barycentrics' partials
+    overflowed and met a zero cotangent, NaN)."""
     mesh = trimesh.creation.icosphere(2, 0.35)
-    faces = jnp.asarray(np.concatenate([[[0, 0, 0]], mesh.faces, np.zeros((7, 3))]), jnp.int32)  # degenerate first
+    n = len(mesh.vertices)
+    vertices = np.concatenate([mesh.vertices, mesh.vertices[:1] + [1e-6, 0, 0], mesh.vertices[:1] + [0, 1e-6, 1e-6]])
+    vertices = vertices.astype(np.float32)
+    face0 = [[0, 0, 0]] if first == "same_vertex" else [[0, n, n + 1]]
+    faces = jnp.asarray(np.concatenate([face0, mesh.faces, np.zeros((7, 3))]), jnp.int32)
     face_mask = jnp.arange(len(faces)) < len(mesh.faces) + 1
     ext, intr = _cameras()
 
@@ -156,6 +164,6 @@ def test_gradients_are_finite_with_degenerate_and_padding_faces():
         normals = mr.vertex_normals(v, faces, face_mask)
         return jnp.sum(mr.antialias(img, ras, faces)) + jnp.sum(ras.depth) + jnp.sum(mr.interpolate(normals, ras, faces))
 
-    gv, gc = jax.grad(loss, argnums=(0, 1))(jnp.asarray(mesh.vertices, jnp.float32), jnp.ones((len(mesh.vertices), 3)))
+    gv, gc = jax.grad(loss, argnums=(0, 1))(jnp.asarray(vertices), jnp.ones((len(vertices), 3)))
     assert np.isfinite(np.asarray(gv)).all() and np.isfinite(np.asarray(gc)).all()
     assert np.abs(np.asarray(gv)).max() > 0

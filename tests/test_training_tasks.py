@@ -43,16 +43,18 @@ def test_tiny_task_learns_a_fixed_batch(name, dtype, mesh):
         np.testing.assert_array_equal(b1[k], b2[k])
     assert not np.array_equal(next(iter(task.synthetic_batch(cfg.batch_size, 8).values())), next(iter(b1.values())))
 
-    init_fn, step_fn, shardings = compile_train(cfg, task, mesh, sh.rules_from_config(cfg))
+    rules = sh.rules_from_config(cfg)
+    init_fn, step_fn, shardings = compile_train(cfg, task, mesh, rules)
     state = init_fn(jax.random.PRNGKey(0))
     assert isinstance(state, TrainState) and int(state.step) == 0
     batch = sh.shard_batch(b1, mesh)
-    eval_loss = jax.jit(lambda p, b: task.loss(p, b, jax.random.PRNGKey(123))[0])
+    frozen = frozen_inputs(task, mesh, rules)  # {} for synthetic condition tokens; the decoders' frozen encoder
+    eval_loss = jax.jit(lambda p, b: task.loss(p, b, jax.random.PRNGKey(123), frozen)[0])
     before = float(eval_loss(state.params, batch))
     init_params = jax.tree.map(np.asarray, state.params)
     losses = []
     for _ in range(STEPS):
-        state, m = step_fn(state, batch, {})  # no frozen params (synthetic condition tokens)
+        state, m = step_fn(state, batch, frozen)
         assert m["finite"] == 1.0 and np.isfinite(float(m["grad_norm"]))
         losses.append(float(m["loss"]))
     after = float(eval_loss(state.params, batch))
@@ -106,6 +108,41 @@ def test_frozen_image_encoder_runs_inside_the_step_compiled_once(mesh, compiles)
     assert float(loss(state.params, b, frozen)) != float(loss(state.params, other, frozen))  # the image is used
     g = jax.grad(lambda f: loss(state.params, b, f))(frozen)
     assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(g))  # stop_gradient: no gradient reaches it
+
+@pytest.mark.parametrize("name", ["rf_decoder", pytest.param("mesh_decoder", marks=pytest.mark.slow)])
+def test_decoder_frozen_encoder_runs_inside_the_step_compiled_once(name, mesh, compiles, tmp_path):
+    """rf/mesh decoder: the batch carries the voxel features (no latents), the frozen SLat encoder runs
+    inside the jitted step under stop_gradient with its params a separate, replicated argument: not in
+    the trained state (so not in the checkpoint) nor in the exported models; three steps compile once."""
+    from trellis_jax.training.trainer import export_models
+
+    cfg = apply_overrides(load_config(f"experiments/train/{name}.py:tiny"), SMALL[name] + ["init_rng_impl=rbg"])
+    task = build_task(cfg)
+    rules = sh.rules_from_config(cfg)
+    init_fn, step_fn, _ = compile_train(cfg, task, mesh, rules)
+    state = init_fn(jax.random.PRNGKey(0))
+    frozen = frozen_inputs(task, mesh, rules)
+    n_decoder = len(jax.tree.leaves(jax.eval_shape(task.init_params, jax.random.PRNGKey(0))))
+    assert len(jax.tree.leaves(state.params)) == n_decoder
+    n_encoder = len(jax.tree.leaves(task.frozen_shapes()))
+    assert len(jax.tree.leaves(frozen)) == n_encoder > 0
+    assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(frozen))
+    batches = [task.synthetic_batch(cfg.batch_size, i) for i in range(3)]
+    assert batches[0]["feats"].shape[-1] == task.encoder.in_channels and "latents" not in batches[0]
+    for b in batches:
+        state, m = step_fn(state, sh.shard_batch(b, mesh), frozen)
+        assert m["finite"] == 1.0
+    assert compiles.count("jit(step)") == 1 and compiles.count("jit(encode)") == 0, compiles
+    key = jax.random.PRNGKey(1)
+    loss = jax.jit(lambda p, b, f: task.loss(p, b, key, f)[0])
+    b = sh.shard_batch(batches[0], mesh)
+    other = dict(b, feats=-b["feats"])
+    assert float(loss(state.params, b, frozen)) != float(loss(state.params, other, frozen))  # the features are encoded
+    g = jax.grad(lambda f: loss(state.params, b, f))(frozen)
+    assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(g))  # stop_gradient: no gradient reaches it
+    paths = export_models(cfg, task, state, tmp_path)
+    assert [p.name for p in paths] == [f"{cfg.model.decoder.checkpoint}.json"]
+
 
 def test_slat_vae_exports_official_checkpoints_and_reconstructs(tmp_path):
     """The trainer's export writes the encoder/decoder as official-format checkpoints that the official

@@ -75,6 +75,16 @@ def _cross2(a, b):
     return a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
 
 
+_UNIT_TRIANGLE = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0))
+
+
+def _where_covered(covered: jax.Array, tri: jax.Array) -> jax.Array:
+    """tri [..., 3, 2] where `covered` [...], a fixed unit triangle elsewhere: a background pixel's
+    stand-in face (face 0) may be degenerate, and its barycentrics' huge partials must not meet the
+    zero cotangent of the masked result (inf · 0 = NaN in the gradient)."""
+    return jnp.where(covered[..., None, None], tri, jnp.asarray(_UNIT_TRIANGLE, tri.dtype))
+
+
 def _screen_barycentrics(tri: jax.Array, p: jax.Array) -> jax.Array:
     """Screen-space barycentrics of points p [..., 2] in triangles tri [..., 3, 2] (affine in p; all ≥ 0
     inside for either winding)."""
@@ -197,7 +207,7 @@ def rasterize_mesh(
     fid = jnp.maximum(tri_id, 0)
     vidx = faces[fid]  # [C, H, W, 3]
     cams = jnp.arange(screen.shape[0])[:, None, None, None]
-    tri_uv = screen[cams, vidx]  # [C, H, W, 3, 2]
+    tri_uv = _where_covered(mask, screen[cams, vidx])  # [C, H, W, 3, 2]
     tri_z = z[cams, vidx]  # [C, H, W, 3]
     jj, ii = jnp.meshgrid(jnp.arange(width) + 0.5, jnp.arange(height) + 0.5)
     p = jnp.stack([jj, ii], -1)[None]
@@ -245,7 +255,7 @@ def antialias(image: jax.Array, raster: Raster, faces: jax.Array) -> jax.Array:
     """Silhouette antialiasing (see the module docstring) of image [C, H, W, D] rendered with `raster`;
     differentiable in the image and, through the silhouette edges, in the vertex positions."""
     fid = jnp.maximum(raster.triangle_id, 0)
-    tri = raster.screen[jnp.arange(fid.shape[0])[:, None, None, None], faces[fid]]  # [C, H, W, 3, 2]
+    tri = _where_covered(raster.mask, raster.screen[jnp.arange(fid.shape[0])[:, None, None, None], faces[fid]])  # [C, H, W, 3, 2]
     height, width = fid.shape[1:]
     jj, ii = jnp.meshgrid(jnp.arange(width) + 0.5, jnp.arange(height) + 0.5)
     centre = jnp.stack([jj, ii], -1)[None]  # [1, H, W, 2]

@@ -3,7 +3,7 @@
     task = build_task(cfg)
     init_fn, step_fn, shardings = compile_train(cfg, task, mesh, rules)
     state = init_fn(jax.random.PRNGKey(cfg.seed))          # TrainState placed with `shardings`
-    frozen = frozen_inputs(task, mesh, rules)               # non-trained params (frozen condition encoder)
+    frozen = frozen_inputs(task, mesh, rules)               # non-trained params (frozen condition / SLat encoder)
     state, metrics = step_fn(state, shard_batch(batch, mesh), frozen)
     run(cfg, workdir)                                       # the whole loop, resuming from workdir;
                                                             # ends by exporting the task's networks to workdir/ckpts
@@ -133,7 +133,7 @@ def accumulated_grad(loss_fn, batch_split: int, mesh):
 
 
 def frozen_inputs(task, mesh, rules, abstract: bool = False):
-    """The task's non-trained params (`task.frozen_params()`, e.g. a frozen condition encoder; {} when
+    """The task's non-trained params (`task.frozen_params()`, e.g. a frozen condition or SLat encoder; {} when
     none) placed for the step: sharded by the rules table like the state (unannotated leaves are
     replicated). They are an argument of the step, never in the state, optimizer or checkpoint.
     `abstract`: ShapeDtypeStructs with those shardings (ahead-of-time lowering), nothing loaded."""

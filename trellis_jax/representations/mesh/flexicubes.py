@@ -1,13 +1,20 @@
-"""FlexiCubes at inference, on a sparse cube table (see `sparse_grid.CubeGrid`).
+"""FlexiCubes on a sparse cube table (see `sparse_grid.CubeGrid`), inference or training split.
 
 Per surface cube (corner signs differ): the sign case picks the cube's dual vertices and the edges each
 one averages (`cube_tables`), ambiguous faces shared by two checked cases are resolved jointly, and
 every dual vertex is the β-weighted mean of its edges' α-weighted zero crossings (colours alike). Each
-grid edge with a sign change and four cubes around it gives a quad of their dual vertices, wound so
-that it faces the positive side and split into two triangles along the diagonal of larger γ product.
+grid edge with a sign change and four cubes around it gives a quad (q0, q1, q2, q3) of their dual
+vertices, wound so that it faces the positive side, and triangulated
+(docs/reference_facts.md#flexicubes-quad-split):
+
+  inference  two triangles along the diagonal of larger γ product (γ0γ2 vs γ1γ3)
+  training   a centre vertex c = (γ0γ2·(q0+q2)/2 + γ1γ3·(q1+q3)/2) / (γ0γ2 + γ1γ3 + 1e-8) (colours alike)
+             and the fan (q0 q1 c), (q1 q2 c), (q2 q3 c), (q3 q0 c): the surface, hence the renders,
+             depend smoothly on γ, which the inference split only uses in a discrete comparison
 
 Results stay in static slots: dual vertex (k, g) is slot 4k + g, and cube k owns the quads of the
-three grid edges leaving its origin corner (faces [K, 3, 2, 3], two triangles per quad).
+three grid edges leaving its origin corner (faces [K, 3, 2, 3], two triangles per quad; training:
+centre vertex of quad (k, a) in slot 4K + 3k + a, faces [K, 3, 4, 3]).
 Differentiable in the positions, sdf, weights and colours; the topology (signs) is not.
 """
 from __future__ import annotations
@@ -26,7 +33,9 @@ MAX_VD = 4  # dual vertices per cube, at most
 @struct.dataclass
 class DualMesh:
     """Slots of one sample: vertices [4K, 3], colours [4K, C], vertex_mask [4K], faces [3K·2, 3]
-    (indices of vertex slots), face_mask [3K·2]. For the training regulariser L_dev: deviation [4K] sums,
+    (indices of vertex slots), face_mask [3K·2]; with the training split vertices/colours/vertex_mask
+    have 3K quad-centre slots appended ([7K, ·]) and faces/face_mask are [3K·4, ·]. For the training
+    regulariser L_dev (dual vertices only): deviation [4K] sums,
     over each dual vertex's edges, |distance to the edge's zero crossing − the vertex's mean distance|,
     and num_edges [4K] counts those edges (L_dev = Σ deviation / Σ num_edges)."""
 
@@ -59,7 +68,9 @@ def case_ids(grid: CubeGrid, negative: jax.Array, surface: jax.Array) -> jax.Arr
     return jnp.where(invert, check[:, 4], case)
 
 
-def dual_mesh(grid: CubeGrid, weight_scale: float = 0.99) -> DualMesh:
+def dual_mesh(grid: CubeGrid, weight_scale: float = 0.99, training: bool = False) -> DualMesh:
+    """The cube table's mesh in static slots; `training` selects the γ-weighted centre-vertex split
+    (4 triangles per quad, as the reference trains) instead of the inference split (2 per quad)."""
     K = grid.keys.shape[0]
     x = grid.vertex_positions()  # [K, 8, 3]
     s = grid.sdf
@@ -107,14 +118,26 @@ def dual_mesh(grid: CubeGrid, weight_scale: float = 0.99) -> DualMesh:
     perm = jnp.where(flip[..., None], jnp.array([0, 1, 3, 2]), jnp.array([2, 3, 1, 0]))
     quad = jnp.take_along_axis(slots, perm, -1)
     qg = jnp.take_along_axis(gam, perm, -1)
-    split_02 = (qg[..., 0] * qg[..., 2]) > (qg[..., 1] * qg[..., 3])
-    tri = jnp.where(split_02[..., None, None], jnp.array([[0, 1, 2], [0, 2, 3]]), jnp.array([[0, 1, 3], [3, 1, 2]]))
-    faces = jnp.take_along_axis(quad[..., None, :], tri, -1)  # [K, 3, 2, 3]
-    face_mask = jnp.broadcast_to(ok[..., None], (K, 3, 2))
+    g02, g13 = qg[..., 0] * qg[..., 2], qg[..., 1] * qg[..., 3]
+    vertices, colors, vertex_mask = vd.reshape(K * MAX_VD, 3), vd_color.reshape(K * MAX_VD, -1), vd_mask.reshape(-1)
+    if training:
+        quad = jnp.where(ok[..., None], quad, 0)  # [K, 3, 4]; unused quads point at slot 0 (masked below)
+        w02, w13 = (g02 / (g02 + g13 + 1e-8))[..., None], (g13 / (g02 + g13 + 1e-8))[..., None]
+        centre = lambda a: w02 * (a[..., 0, :] + a[..., 2, :]) / 2 + w13 * (a[..., 1, :] + a[..., 3, :]) / 2
+        centre_slot = K * MAX_VD + jnp.arange(3 * K, dtype=jnp.int32).reshape(K, 3)
+        fan = jnp.stack([quad, jnp.roll(quad, -1, -1), jnp.broadcast_to(centre_slot[..., None], quad.shape)], -1)
+        faces, face_mask = fan, jnp.broadcast_to(ok[..., None], (K, 3, 4))  # [K, 3, 4, 3]: (q_i, q_i+1, c)
+        vertices = jnp.concatenate([vertices, centre(vertices[quad]).reshape(3 * K, 3)])
+        colors = jnp.concatenate([colors, centre(colors[quad]).reshape(3 * K, -1)])
+        vertex_mask = jnp.concatenate([vertex_mask, ok.reshape(-1)])
+    else:
+        tri = jnp.where((g02 > g13)[..., None, None], jnp.array([[0, 1, 2], [0, 2, 3]]), jnp.array([[0, 1, 3], [3, 1, 2]]))
+        faces = jnp.take_along_axis(quad[..., None, :], tri, -1)  # [K, 3, 2, 3]
+        face_mask = jnp.broadcast_to(ok[..., None], (K, 3, 2))
     return DualMesh(
-        vertices=vd.reshape(K * MAX_VD, 3),
-        colors=vd_color.reshape(K * MAX_VD, -1),
-        vertex_mask=vd_mask.reshape(-1),
+        vertices=vertices,
+        colors=colors,
+        vertex_mask=vertex_mask,
         faces=faces.reshape(-1, 3).astype(jnp.int32),
         face_mask=face_mask.reshape(-1),
         deviation=deviation.reshape(-1),

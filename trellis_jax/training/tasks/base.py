@@ -2,7 +2,7 @@
 
     task = build_task(cfg)                      # by cfg.task: 'ss_flow' | 'slat_flow' | 'ss_vae'
     boxed = task.init_params(rng)               # flax params with nn.Partitioned leaves (logical axes)
-    frozen = task.frozen_params()               # non-trained params (a frozen condition encoder) or {}
+    frozen = task.frozen_params()               # non-trained params (a frozen condition / SLat encoder) or {}
     loss, metrics = task.loss(params, batch, rng, frozen)   # params unboxed; batch: dict of arrays
     batch = task.synthetic_batch(B, seed)       # dict of np arrays, fixed shapes, deterministic in seed
     loader = task.grain_loader(B, seed)         # grain DataLoader over cfg.data.path (stage-specific)

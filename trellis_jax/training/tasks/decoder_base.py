@@ -1,8 +1,10 @@
 """What the frozen-encoder decoder stages (rf_decoder, mesh_decoder) share.
 
-The frozen SLat encoder (`frozen_encoder`) turns each asset's voxel features into latents host-side;
-the trainable decoder comes from cfg.model.decoder; synthetic batches are textured ellipsoids
-(`synthetic_assets`) with one GT view each. Subclasses implement `loss`.
+The frozen SLat encoder (`frozen_encoder`) turns each asset's voxel features into latents inside the
+train step (its params are the step's non-trained `frozen` argument, under stop_gradient); the
+trainable decoder comes from cfg.model.decoder; synthetic batches are textured ellipsoids
+(`synthetic_assets`) with one GT view each: coords int32 [B, L, 3], feats f32 [B, L, in_channels],
+mask bool [B, L] and the view. Subclasses implement `loss`.
 """
 from __future__ import annotations
 
@@ -23,8 +25,8 @@ def random_backgrounds(rng, batch_size: int) -> jax.Array:
 
 
 class DecoderTask(Task):
-    """What the two frozen-encoder decoder stages share: the frozen encoder, the trainable decoder from
-    cfg.model.decoder, and synthetic assets encoded by the frozen encoder."""
+    """What the two frozen-encoder decoder stages share: the frozen encoder (run inside the step), the
+    trainable decoder from cfg.model.decoder, and synthetic assets (voxel features + one view)."""
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -46,13 +48,19 @@ class DecoderTask(Task):
         d = self.cfg.model.decoder
         return {d.checkpoint: (d.class_name, d.args.to_dict(), params)}
 
-    def latents(self, params, batch) -> SparseTensor:
-        return SparseTensor(batch["coords"], batch["latents"], batch["mask"], self.resolution)
+    def frozen_shapes(self):
+        return self.encoder.shapes()
+
+    def frozen_params(self):
+        return self.encoder.params()
+
+    def latents(self, batch, frozen) -> SparseTensor:
+        """The batch's SLat [B, L, latent_channels]: the frozen encoder of its voxel features (traced)."""
+        coords, mask = batch["coords"], batch["mask"]
+        return SparseTensor(coords, self.encoder.encode(frozen, coords, batch["feats"], mask), mask, self.resolution)
 
     def synthetic_batch(self, batch_size, rng):
-        a = asset_batch(np_rng(rng), batch_size, self.resolution, self.capacity, self._basis, self.image_size)
-        a["latents"] = self.encoder(a["coords"], a.pop("feats"), a["mask"])
-        return a
+        return asset_batch(np_rng(rng), batch_size, self.resolution, self.capacity, self._basis, self.image_size)
 
     def tokens_per_batch(self, batch):
         return int(np.sum(batch["mask"]))

@@ -4,9 +4,9 @@ rasterised mask / depth / normal / colour vs the GT view, plus the reference's r
     loss = reg + 0.01·TSDF + L1(mask) + 10·SmoothL1_{β=1/(2·res)}(depth·mask) + L_rec(normal·mask) + 0.1·L_rec(colour)
     reg  = mean((corner attrs − their shared-vertex average)²) + 0.5·L_dev + 0.2·mean(|weights[:, :20]|)
 
-(res = the FlexiCubes grid, 256 released.) The surface is the one `representations.mesh` extracts
-(inference split of each quad into two triangles by γ; the reference's training mode inserts a γ-weighted
-centre vertex instead), differentiable in vertex positions and colours; the renders come from
+(res = the FlexiCubes grid, 256 released.) The surface is FlexiCubes' training split
+(`dual_mesh(training=True)`: a γ-weighted centre vertex and four triangles per quad,
+docs/reference_facts.md#flexicubes-quad-split), differentiable in vertex positions, colours and γ; the renders come from
 `render.mesh_raster` (near 1, far 3) with antialiased silhouettes, so the mask has a gradient. TSDF: the
 distinct grid vertices of the active cubes (deformed), projected into the view; target = GT depth there
 (bilinear, border) − vertex depth, kept where > −3/res, clamped to ±3/res; loss = mean (sdf − target)².
@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from trellis_jax.losses.image import l1, reconstruction_loss
+from trellis_jax.losses.image import absolute, l1, reconstruction_loss
 from trellis_jax.models.slat_mesh_decoder import mesh_channel_split
 from trellis_jax.render import mesh_raster as mr
 from trellis_jax.render.mesh_raster import project_vertices
@@ -63,10 +63,10 @@ class MeshDecoderTask(DecoderTask):
         attrs = jnp.concatenate([sdf[..., None], parts["deform"], parts["color"]], -1)
         vpos, vvalid, vavg, consistency = vertex_table(coords, mask, attrs, res)
         grid = build_cube_grid(coords, mask, sdf, parts["deform"], parts["color"], parts["weights"], res, self.max_cubes)
-        dm = dual_mesh(grid)
+        dm = dual_mesh(grid, training=True)
         l_dev = jnp.sum(dm.deviation) / jnp.maximum(jnp.sum(dm.num_edges), 1)
         n_active = jnp.maximum(jnp.sum(mask), 1)
-        w_abs = jnp.sum(jnp.where(mask[:, None], jnp.abs(parts["weights"][:, :20]), 0.0)) / (20 * n_active)
+        w_abs = jnp.sum(jnp.where(mask[:, None], absolute(parts["weights"][:, :20]), 0.0)) / (20 * n_active)
         # TSDF on the deformed distinct vertices
         S = self.image_size
         delta = 3.0 / res
@@ -100,7 +100,7 @@ class MeshDecoderTask(DecoderTask):
         self.max_cubes = int(cfg.render.get("max_cubes", 0) or 64 * self.capacity)
 
     def loss(self, params, batch, rng, frozen=None):
-        decoded = self.decoder.apply(params, self.latents(params, batch))
+        decoded = self.decoder.apply(params, self.latents(batch, frozen))
         gt = {k: batch[k] for k in ("depth",)}
         renders, reg = jax.vmap(self._one)(decoded.coords, decoded.feats, decoded.mask, batch["extrinsics"],
                                             batch["intrinsics"], gt)

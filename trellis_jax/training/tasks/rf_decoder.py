@@ -1,8 +1,9 @@
-"""RF-decoder task: frozen-encoder latents -> Strivec radiance field -> volume render vs the GT view.
+"""RF-decoder task: frozen encoder (inside the step) -> latents -> Strivec radiance field -> volume render vs the GT view.
 
 Loss (reference, encoder frozen): L_rec = L1 + 0.2·(1 − SSIM) [+ 0.2·LPIPS, left out: no VGG weights here,
 said in `notes`] on one view per asset, background randomly black or white per render with the GT
-composited on the same colour. Batch: coords int32 [B, L, 3], latents f32 [B, L, 8], mask bool [B, L],
+composited on the same colour. Batch: coords int32 [B, L, 3], feats f32 [B, L, in_channels] (voxel features, encoded by the frozen
+encoder inside the step), mask bool [B, L],
 extrinsics [B, 4, 4], intrinsics [B, 3, 3], image [B, S, S, 3] (straight colour), alpha [B, S, S].
 `render_overflow` (fraction of views whose rays exceeded cfg.render.sample_capacity) is logged.
 """
@@ -21,7 +22,7 @@ class RFDecoderTask(DecoderTask):
 
     def loss(self, params, batch, rng, frozen=None):
         r = self.cfg.render
-        field = self.decoder.apply(params, self.latents(params, batch))
+        field = self.decoder.apply(params, self.latents(batch, frozen))
         B = batch["image"].shape[0]
         bg = random_backgrounds(rng, B)
         render = jax.vmap(lambda f, E, K, b: render_radiance_field(
