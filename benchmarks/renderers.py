@@ -49,6 +49,8 @@ def bench_gaussians(n, res, runs, E, K):
         return jnp.sum(fwd(means, colors, opac, scales, rot, valid) * weights)
 
     grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
+    r = jax.jit(lambda *a: render_gaussians(*a, *cam, height=res, width=res))(*args)
+    print(f"gaussians tiles: overflow={bool(r.overflow)} most per tile={int(r.load[0])} pairs={int(r.load[1])}", flush=True)
     for name, fn in (("forward", jax.jit(fwd)), ("forward+backward", grad)):
         timing = time_calls(lambda _: fn(*args), runs)
         c, t = timing.first_s, timing.median_s

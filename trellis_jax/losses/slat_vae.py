@@ -19,17 +19,17 @@ from trellis_jax.sparse.tensor import SparseTensor
 
 
 def render_batch(g, extrinsics, intrinsics, background, resolution: int):
-    """Gaussians [B, N, ...] -> rgb [B, R, R, 3] (one view per sample)."""
+    """Gaussians [B, N, ...] -> (rgb [B, R, R, 3], overflow bool [B]) (one view per sample)."""
     def one(xyz, f_dc, op, sc, rot, m, E, K, bg):
-        rgb, _, _ = render_gaussians(xyz, sh_dc_to_rgb(f_dc), op, sc, rot, m, E, K, bg, height=resolution, width=resolution)
-        return rgb
+        r = render_gaussians(xyz, sh_dc_to_rgb(f_dc), op, sc, rot, m, E, K, bg, height=resolution, width=resolution)
+        return r.rgb, r.overflow
 
     return jax.vmap(one)(g.xyz, g.features_dc, g.opacity, g.scaling, g.rotation, g.mask, extrinsics, intrinsics, background)
 
 
 def render_views(g, extrinsics, intrinsics, background, resolution: int):
     """Gaussians of one sample [1, N, ...] seen from V cameras (extrinsics [V, 4, 4], intrinsics
-    [V, 3, 3]) on background [3] -> rgb [V, R, R, 3]."""
+    [V, 3, 3]) on background [3] -> (rgb [V, R, R, 3], overflow bool [V])."""
     V = extrinsics.shape[0]
     tile = jax.tree.map(lambda x: jnp.broadcast_to(x, (V,) + x.shape[1:]), g)
     return render_batch(tile, extrinsics, intrinsics, jnp.broadcast_to(background, (V, 3)), resolution)
@@ -47,7 +47,7 @@ def slat_vae_loss(encoder, decoder, params, batch: dict, rng, kl_weight=1e-6, vo
                      decoder.apply(params["decoder"], z))
     B, R = batch["image"].shape[:2]
     bg = jnp.where(jax.random.bernoulli(k_bg, 0.5, (B, 1)), 1.0, 0.0) * jnp.ones((B, 3))
-    pred = render_batch(g, batch["extrinsics"], batch["intrinsics"], bg, R)
+    pred, overflow = render_batch(g, batch["extrinsics"], batch["intrinsics"], bg, R)
     a = batch["alpha"][..., None]
     target = batch["image"] * a + bg[:, None, None, :] * (1 - a)
     rec, terms = reconstruction_loss(pred, target, lpips_fn, ssim_weight=ssim_weight, lpips_weight=lpips_weight)
@@ -55,4 +55,5 @@ def slat_vae_loss(encoder, decoder, params, batch: dict, rng, kl_weight=1e-6, vo
     reg = gaussian_regularizers(g.scaling, g.opacity, g.mask)
     loss = rec + kl_weight * kl + volume_weight * reg["volume"] + opacity_weight * reg["opacity"]
     psnr = -10 * jnp.log10(jnp.mean(jnp.square(pred - target)) + 1e-12)
-    return loss, {"rec": rec, "kl": kl, "psnr": psnr, **terms, **reg, "lpips_used": jnp.asarray(lpips_fn is not None)}
+    return loss, {"rec": rec, "kl": kl, "psnr": psnr, **terms, **reg, "lpips_used": jnp.asarray(lpips_fn is not None),
+                  "render_overflow": jnp.mean(overflow.astype(jnp.float32))}

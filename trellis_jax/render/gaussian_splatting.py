@@ -1,18 +1,26 @@
-"""Differentiable 3D Gaussian splatting in pure JAX, with static shapes.
+"""Differentiable 3D Gaussian splatting in pure JAX, with static shapes: a tiled rasteriser.
 
-Each Gaussian is projected (EWA: Σ' = J W Σ Wᵀ Jᵀ + kernel·I, the Mip-Splatting 2D filter) and
-splatted onto a fixed K×K pixel footprint around its projected centre, giving N·K² fragments. Fragments
-are sorted by (pixel, depth) and alpha-composited front to back with a segmented product computed in
-log space, so the whole render is one jittable, differentiable function of the Gaussians. Gaussians
-wider than the footprint are truncated to it (fine for previews and for the small screen-space sizes
-of SLAT Gaussians; a tiled rasteriser can replace this without changing the API).
+As the reference's rasteriser: each Gaussian is projected (EWA: Σ' = J W Σ Wᵀ Jᵀ + kernel·I, the
+Mip-Splatting 2D filter), gets a screen radius of 3·sqrt(largest eigenvalue of Σ') and is binned into the
+`tile_size`² tiles its square touches (`render.tiles.bin_boxes`, after a global depth sort, so each tile's
+list is front to back). Each tile keeps its first `tile_capacity` Gaussians and composites them front to
+back for its pixels (α = min(0.99, o·exp(−½ dᵀΣ'⁻¹d)), dropped below 1/255; a pixel stops once its
+transmittance would fall below 1e-4), over chunks of tiles under `jax.checkpoint`, so memory is
+[tile_chunk, tile_size², tile_capacity] in both passes. Gaussians of any screen size are drawn whole.
+
+Capacities: a tile list cut at `tile_capacity` drops only Gaussians behind the kept ones, so the error of
+a pixel is at most its transmittance after them; `overflow` is set when that exceeds 1/255 in a tile that
+was cut, or when the (tile, Gaussian) pairs exceed `bin_capacity`. `load` says what the capacities must be.
 """
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from trellis_jax.render.tiles import bin_boxes
 
 SH_C0 = 0.28209479177387814
 
@@ -31,7 +39,24 @@ def quaternion_to_matrix(q: jax.Array) -> jax.Array:
     )
 
 
-@functools.partial(jax.jit, static_argnames=("height", "width", "footprint", "near", "far", "kernel_size"))
+class GaussianRender(NamedTuple):
+    """One view: rgb f32 [H, W, 3] (composited on the background), alpha [H, W], depth [H, W] (α-weighted
+    camera z), overflow bool [] (a capacity cut visible Gaussians), load int32 [2] (most Gaussians in one
+    tile, (tile, Gaussian) pairs)."""
+
+    rgb: jax.Array
+    alpha: jax.Array
+    depth: jax.Array
+    overflow: jax.Array
+    load: jax.Array
+
+
+ALPHA_MIN = 1.0 / 255
+T_MIN = 1e-4
+
+
+@functools.partial(jax.jit, static_argnames=("height", "width", "near", "far", "kernel_size", "tile_size",
+                                             "tile_capacity", "bin_capacity", "tile_chunk"))
 def render_gaussians(
     means: jax.Array,
     colors: jax.Array,
@@ -45,67 +70,94 @@ def render_gaussians(
     *,
     height: int,
     width: int,
-    footprint: int = 7,
     near: float = 0.8,
     far: float = 1.6 + 10.0,
     kernel_size: float = 0.1,
-):
-    """Render one view. means [N,3] world; colors [N,3] RGB; opacities [N]; scales [N,3];
-    rotations [N,4] (w,x,y,z); valid bool [N]; extrinsics [4,4] OpenCV world→camera; intrinsics
-    [3,3] normalised; background [3]. Returns (rgb [H,W,3], alpha [H,W], depth [H,W])."""
+    tile_size: int = 16,
+    tile_capacity: int = 512,
+    bin_capacity: int | None = None,
+    tile_chunk: int = 32,
+) -> GaussianRender:
+    """Render one view. means [N,3] world; colors [N,3] RGB; opacities [N]; scales [N,3]; rotations [N,4]
+    (w,x,y,z); valid bool [N]; extrinsics [4,4] OpenCV world→camera; intrinsics [3,3] normalised;
+    background [3]. `bin_capacity` bounds the (tile, Gaussian) pairs, by default 4·N + 4·tiles."""
+    n = means.shape[0]
+    height_p, width_p = -(-height // tile_size) * tile_size, -(-width // tile_size) * tile_size
+    ntx, nty = width_p // tile_size, height_p // tile_size
+    num_tiles = ntx * nty
+    if bin_capacity is None:
+        bin_capacity = 4 * n + 4 * num_tiles
     R, t = extrinsics[:3, :3], extrinsics[:3, 3]
     cam = means @ R.T + t
     z = cam[:, 2]
     fx, fy = intrinsics[0, 0] * width, intrinsics[1, 1] * height
     cx, cy = intrinsics[0, 2] * width, intrinsics[1, 2] * height
     zs = jnp.maximum(z, 1e-6)
-    u = fx * cam[:, 0] / zs + cx - 0.5  # pixel-centre coordinates
-    v = fy * cam[:, 1] / zs + cy - 0.5
+    centre = jnp.stack([fx * cam[:, 0] / zs + cx, fy * cam[:, 1] / zs + cy], -1)  # screen coords (pixel centres at j + ½)
     rot = quaternion_to_matrix(rotations)
     cov3 = rot @ (jnp.square(scales)[:, :, None] * jnp.swapaxes(rot, -1, -2))
-    J = jnp.zeros((means.shape[0], 2, 3))
+    J = jnp.zeros((n, 2, 3))
     J = J.at[:, 0, 0].set(fx / zs).at[:, 0, 2].set(-fx * cam[:, 0] / zs**2)
     J = J.at[:, 1, 1].set(fy / zs).at[:, 1, 2].set(-fy * cam[:, 1] / zs**2)
     JW = J @ R
     cov2 = JW @ cov3 @ jnp.swapaxes(JW, -1, -2) + kernel_size * jnp.eye(2)
     det = cov2[:, 0, 0] * cov2[:, 1, 1] - cov2[:, 0, 1] ** 2
-    inv = jnp.stack([cov2[:, 1, 1], -cov2[:, 0, 1], cov2[:, 0, 0]], -1) / jnp.maximum(det, 1e-12)[:, None]
-    ok = valid & (z > near) & (z < far)
+    conic = jnp.stack([cov2[:, 1, 1], -cov2[:, 0, 1], cov2[:, 0, 0]], -1) / jnp.maximum(det, 1e-12)[:, None]
+    ok = valid & (z > near) & (z < far) & (det > 0)
 
-    r = footprint // 2
-    offs = jnp.arange(-r, r + 1)
-    px = jnp.round(u).astype(jnp.int32)[:, None, None] + offs[None, None, :]
-    py = jnp.round(v).astype(jnp.int32)[:, None, None] + offs[None, :, None]
-    px, py = jnp.broadcast_arrays(px, py)  # [N, K, K]
-    dx, dy = px - u[:, None, None], py - v[:, None, None]
-    power = -0.5 * (inv[:, 0, None, None] * dx * dx + 2 * inv[:, 1, None, None] * dx * dy + inv[:, 2, None, None] * dy * dy)
-    alpha = jnp.minimum(0.99, opacities[:, None, None] * jnp.exp(jnp.minimum(power, 0.0)))
-    inside = ok[:, None, None] & (px >= 0) & (px < width) & (py >= 0) & (py < height) & (alpha > 1.0 / 255)
-    alpha = jnp.where(inside, alpha, 0.0)
+    # binning (no gradient): depth-sorted, so every tile's list is front to back
+    mid = 0.5 * (cov2[:, 0, 0] + cov2[:, 1, 1])
+    radius = jnp.ceil(3.0 * jnp.sqrt(mid + jnp.sqrt(jnp.maximum(mid * mid - det, 0.1))))
+    order = jnp.argsort(jnp.where(ok, z, jnp.inf))
+    box_c, box_r = jax.lax.stop_gradient(centre[order]), jax.lax.stop_gradient(radius[order])[:, None]
+    bins = bin_boxes(box_c - box_r, box_c + box_r, ok[order], height_p, width_p, tile_size, tile_capacity, bin_capacity)
+    cand = jnp.where(bins.candidates >= 0, order[jnp.maximum(bins.candidates, 0)], -1)  # [tiles, C] Gaussian ids
 
-    pix = jnp.where(inside, py * width + px, height * width).reshape(-1)  # sentinel pixel for dropped
-    depth = jnp.broadcast_to(z[:, None, None], px.shape).reshape(-1)
-    a = alpha.reshape(-1)
-    order = jnp.lexsort((depth, pix))
-    pix_s, a_s = pix[order], a[order]
-    frag_gauss = jnp.repeat(jnp.arange(means.shape[0]), footprint * footprint)[order]
-    log_t = jnp.log1p(-a_s)
-    start = jnp.concatenate([jnp.array([True]), pix_s[1:] != pix_s[:-1]])
-    _, incl = jax.lax.associative_scan(_segmented_sum, (start, log_t))
-    trans = jnp.exp(incl - log_t)  # Π(1 − a) over earlier fragments of the same pixel
-    w = a_s * trans
-    npix = height * width + 1
-    rgb = jax.ops.segment_sum(w[:, None] * colors[frag_gauss], pix_s, num_segments=npix)[:-1]
-    acc = jax.ops.segment_sum(w, pix_s, num_segments=npix)[:-1]
-    dep = jax.ops.segment_sum(w * depth[order], pix_s, num_segments=npix)[:-1]
-    rgb = rgb + (1 - acc)[:, None] * background
-    return rgb.reshape(height, width, 3), acc.reshape(height, width), dep.reshape(height, width)
+    off = jnp.arange(tile_size) + 0.5
+    local = jnp.stack(jnp.broadcast_arrays(off[None, :], off[:, None]), -1).reshape(-1, 2)  # [T², 2] (x, y)
+    gauss = (centre, conic, opacities, colors, z)
 
+    @jax.checkpoint
+    def tiles_block(gauss, block):
+        centre, conic, opacities, colors, z = gauss
+        tile_ids, c = block  # [B], [B, C]
+        origin = jnp.stack([tile_ids % ntx, tile_ids // ntx], -1).astype(jnp.float32) * tile_size
+        p = origin[:, None, :] + local[None]  # [B, T², 2]
+        gid = jnp.maximum(c, 0)
+        d = p[:, :, None, :] - centre[gid][:, None]  # [B, T², C, 2]
+        q = conic[gid][:, None]
+        power = -0.5 * (q[..., 0] * d[..., 0] ** 2 + q[..., 2] * d[..., 1] ** 2) - q[..., 1] * d[..., 0] * d[..., 1]
+        alpha = jnp.minimum(0.99, opacities[gid][:, None] * jnp.exp(jnp.minimum(power, 0.0)))
+        alpha = jnp.where((c >= 0)[:, None] & (power <= 0) & (alpha >= ALPHA_MIN), alpha, 0.0)
+        log_after = jnp.cumsum(jnp.log1p(-alpha), -1)
+        keep = log_after >= jnp.log(T_MIN)  # the reference stops a pixel before its transmittance drops below 1e-4
+        alpha = jnp.where(keep, alpha, 0.0)
+        log_after = jnp.cumsum(jnp.log1p(-alpha), -1)
+        trans = jnp.exp(log_after - jnp.log1p(-alpha))  # before each Gaussian
+        w = alpha * trans
+        rgb = jnp.einsum("bpc,bcd->bpd", w, colors[gid])
+        acc = jnp.sum(w, -1)
+        dep = jnp.einsum("bpc,bc->bp", w, z[gid])
+        residual = jnp.exp(log_after[..., -1])  # transmittance after the kept list
+        return rgb, acc, dep, residual
 
-def _segmented_sum(a, b):
-    flag_a, val_a = a
-    flag_b, val_b = b
-    return flag_a | flag_b, jnp.where(flag_b, val_b, val_a + val_b)
+    pad = (-num_tiles) % tile_chunk
+    tile_ids = jnp.arange(num_tiles + pad)
+    cand_p = jnp.concatenate([cand, jnp.full((pad, cand.shape[1]), -1, cand.dtype)])
+    rgb, acc, dep, residual = jax.lax.map(lambda blk: tiles_block(gauss, blk),
+                                          (tile_ids.reshape(-1, tile_chunk), cand_p.reshape(-1, tile_chunk, cand.shape[1])))
+
+    def image(x):  # [chunks, B, T², ...] -> [H, W, ...]
+        x = x.reshape((num_tiles + pad, tile_size, tile_size) + x.shape[3:])[:num_tiles]
+        x = x.reshape((nty, ntx, tile_size, tile_size) + x.shape[3:])
+        return jnp.swapaxes(x, 1, 2).reshape((height_p, width_p) + x.shape[4:])[:height, :width]
+
+    rgb, acc, dep = image(rgb), image(acc), image(dep)
+    cut = (bins.count > tile_capacity)[:, None]
+    worst = jnp.max(jnp.where(cut, residual.reshape(num_tiles + pad, -1)[:num_tiles], 0.0))
+    overflow = (bins.pairs > bin_capacity) | (worst > ALPHA_MIN)
+    rgb = rgb + (1 - acc)[..., None] * background
+    return GaussianRender(rgb, acc, dep, overflow, jnp.stack([jnp.max(bins.count), bins.pairs]))
 
 
 def sh_dc_to_rgb(features_dc: jax.Array) -> jax.Array:

@@ -39,6 +39,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from trellis_jax.render.tiles import bin_boxes
+
 
 class Raster(NamedTuple):
     """Per-pixel rasterisation of C cameras at H×W.
@@ -100,38 +102,10 @@ def _screen_barycentrics(tri: jax.Array, p: jax.Array) -> jax.Array:
 def _bin_faces(tri_uv, valid, height_p, width_p, tile_size, tile_capacity, bin_capacity):
     """Candidate faces per tile: int32 [tiles, tile_capacity] (−1 = empty), an overflow flag and the load
     int32 [2] (most faces in a tile, total pairs)."""
-    ntx, nty = width_p // tile_size, height_p // tile_size
-    num_faces = tri_uv.shape[0]
-    lo, hi = tri_uv.min(1), tri_uv.max(1)  # [F, 2]
-    # pixel centres j + 0.5 inside [lo, hi]  <=>  j in [ceil(lo - 0.5), floor(hi - 0.5)]
-    size = jnp.array([width_p, height_p], jnp.float32)
-    first = jnp.ceil(jnp.clip(lo - 0.5, -1.0, size))
-    last = jnp.floor(jnp.clip(hi - 0.5, -1.0, size))
-    valid = valid & jnp.all(last >= first, -1) & jnp.all(last >= 0, -1) & jnp.all(first <= size - 1, -1)
-    first = jnp.clip(first, 0, size - 1).astype(jnp.int32) // tile_size
-    last = jnp.clip(last, 0, size - 1).astype(jnp.int32) // tile_size
-    span = last - first + 1  # [F, 2] tiles along x, y
-    count = jnp.where(valid, span[:, 0] * span[:, 1], 0)
-    end = jnp.cumsum(count)
-    start = end - count
-    slot = jnp.arange(bin_capacity)
-    face = jnp.minimum(jnp.searchsorted(end, slot, side="right"), num_faces - 1)
-    local = slot - start[face]
-    tx = first[face, 0] + local % span[face, 0]
-    ty = first[face, 1] + local // span[face, 0]
-    num_tiles = ntx * nty
-    key = jnp.where(slot < end[-1], ty * ntx + tx, num_tiles)
-    order = jnp.argsort(key, stable=True)  # within a tile, faces stay in index order
-    key_s, face_s = key[order], face[order]
-    tiles = jnp.arange(num_tiles)
-    t0 = jnp.searchsorted(key_s, tiles, side="left")
-    t1 = jnp.searchsorted(key_s, tiles, side="right")
-    k = jnp.arange(tile_capacity)
-    idx = t0[:, None] + k[None]
-    cand = jnp.where(idx < t1[:, None], face_s[jnp.minimum(idx, bin_capacity - 1)], -1)
-    load = jnp.stack([jnp.max(t1 - t0), end[-1]])
-    overflow = (end[-1] > bin_capacity) | (load[0] > tile_capacity)
-    return cand, overflow, load
+    bins = bin_boxes(tri_uv.min(1), tri_uv.max(1), valid, height_p, width_p, tile_size, tile_capacity, bin_capacity)
+    load = jnp.stack([jnp.max(bins.count), bins.pairs])
+    overflow = (bins.pairs > bin_capacity) | (load[0] > tile_capacity)
+    return bins.candidates, overflow, load
 
 
 def _visible_faces(cand, tri_uv, tri_invz, height_p, width_p, tile_size, tile_chunk):

@@ -1,6 +1,8 @@
 """Preview images of decoded Gaussians: a grid of orbit views rendered with the JAX splatter."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from PIL import Image
 
@@ -32,10 +34,14 @@ def render_gaussian_views(g: dict, extrinsics, intrinsics, resolution: int, bg=(
         jnp.asarray(np.arange(cap) < n),
     )
     views = list(zip(extrinsics, intrinsics))
-    frames = []
+    frames, overflowed = [], 0
     for E, K in (progress(views) if progress else views):
-        rgb, _, _ = render_gaussians(*args, jnp.asarray(E), jnp.asarray(K), jnp.asarray(bg, jnp.float32), height=resolution, width=resolution)
-        frames.append((np.clip(np.asarray(rgb), 0, 1) * 255).astype(np.uint8))
+        r = render_gaussians(*args, jnp.asarray(E), jnp.asarray(K), jnp.asarray(bg, jnp.float32), height=resolution, width=resolution)
+        frames.append((np.clip(np.asarray(r.rgb), 0, 1) * 255).astype(np.uint8))
+        overflowed += bool(r.overflow)
+    if overflowed:
+        print(f"WARNING: {overflowed} of {len(views)} Gaussian views overflowed the splatter's tile capacity "
+              "(Gaussians behind a full tile list are missing where they would still show)", file=sys.stderr)
     return np.stack(frames)
 
 

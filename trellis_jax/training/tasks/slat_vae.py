@@ -82,7 +82,7 @@ class SLatVAETask(Task):
             x = SparseTensor(coords, feats, mask, self.resolution)
             _, mean, _ = self.encoder.apply(params["encoder"], x)
             g = self.decoder.apply(params["decoder"], mean)
-            return render_views(g, extrinsics, intrinsics, background, self.render_size)
+            return render_views(g, extrinsics, intrinsics, background, self.render_size)[0]
         return jax.jit(rec)
 
     def reconstruct(self, params, coords, feats, mask, extrinsics, intrinsics, background=(1.0, 1.0, 1.0)) -> jax.Array:
