@@ -150,7 +150,8 @@ def test_tiled_splatter_matches_a_dense_front_to_back_reference():
     means, colors, opac, scales, q = _scene(24, 0, big=True)
     bg = np.array([0.2, 0.4, 0.6])
     r = render_gaussians(*(jnp.asarray(a, jnp.float32) for a in (means, colors, opac, scales, q)), jnp.ones(24, bool),
-                         jnp.asarray(E), jnp.asarray(Kw, jnp.float32), jnp.asarray(bg, jnp.float32), height=h, width=w)
+                         jnp.asarray(E), jnp.asarray(Kw, jnp.float32), jnp.asarray(bg, jnp.float32), height=h, width=w,
+                         tile_size=16)
     want = _dense_reference(means, colors, opac, scales, q, E.astype(np.float64), Kw, h, w, bg)
     assert not bool(r.overflow) and int(r.load[0]) <= 24
     assert want[1].max() > 0.9 and (want[1] > 0.01).mean() > 0.5  # a covered, overlapping image
