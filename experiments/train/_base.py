@@ -64,6 +64,11 @@ def flow_run(task: str, variant: str, data: dict) -> ml_collections.ConfigDict:
     c = get_config()
     c.task = task
     c.model = load_config(f"{Path(__file__).resolve().parent.parent / 'models' / task}.py:{variant}")
+    # How the block stack is compiled (module compute fields, not checkpoint args: exports keep the
+    # released json): one nn.scan over the blocks, and what a rematerialised block keeps
+    # (model.args.use_checkpoint turns remat on, as the reference's flag).
+    c.model.scan_blocks = False
+    c.model.remat_policy = "nothing_saveable"
     c.p_uncond = 0.1                   # condition dropout for CFG
     c.t_mean, c.t_std = 1.0, 1.0       # t = sigmoid(N(t_mean, t_std))
     c.data = ml_collections.ConfigDict(data)

@@ -121,3 +121,32 @@ def official_dtype(shapes: dict, flax_path: tuple[str, ...], use_fp16: bool):
     if use_fp16 and top in FP16_TOP_LEVEL and flax_path[-1] in ("kernel", "bias") and is_linear_or_conv:
         return np.float16
     return np.float32
+
+
+# Scanned block stacks (`cross_block_stack(scan=True)`): one `blocks/...` leaf [n, ...] per block leaf,
+# against the released `blocks.{i}.*` keys. Every official key goes through the unrolled `blocks_{i}`
+# Flax path; these two functions are the only place the stacked layout is converted.
+SCANNED_TOP = "blocks"
+
+
+def unstack_scanned(flat: dict) -> dict:
+    """{flax path: array or shape} with `blocks/...` leaves [n, ...] -> the same with `blocks_{i}/...` [...]."""
+    out = {}
+    for path, v in flat.items():
+        if path[0] != SCANNED_TOP:
+            out[path] = v
+            continue
+        shape = tuple(v) if isinstance(v, tuple) else tuple(v.shape)
+        for i in range(shape[0]):
+            out[(f"{SCANNED_TOP}_{i}",) + path[1:]] = shape[1:] if isinstance(v, tuple) else v[i]
+    return out
+
+
+def stack_scanned(flat: dict, template: dict) -> dict:
+    """Inverse of `unstack_scanned` for the scanned leaves of `template` ({flax path: shape}); a no-op for
+    unrolled models. Raises KeyError naming the first missing block leaf."""
+    out = {p: v for p, v in flat.items() if not re.match(rf"^{SCANNED_TOP}_\d+$", p[0]) or p in template}
+    for path, shape in template.items():
+        if path[0] == SCANNED_TOP:
+            out[path] = np.stack([np.asarray(flat[(f"{SCANNED_TOP}_{i}",) + path[1:]]) for i in range(shape[0])])
+    return out

@@ -80,7 +80,8 @@ def param_template(module) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
 
 def map_state_dict(tensors: dict[str, np.ndarray], template: dict, source: str, param_dtype=jnp.float32) -> dict:
     """Official tensors -> Flax {'params': ...}; strict, all problems reported together."""
-    shapes = {k: tuple(v.shape) for k, v in template.items()}
+    stacked = {k: tuple(v.shape) for k, v in template.items()}
+    shapes = keymap.unstack_scanned(stacked)  # official keys name unrolled blocks
     out, unexpected, misshaped = {}, [], []
     for key, arr in tensors.items():
         path = keymap.resolve_flax_leaf(key, shapes)
@@ -96,13 +97,14 @@ def map_state_dict(tensors: dict[str, np.ndarray], template: dict, source: str, 
             misshaped.append(f"{key}: file {tuple(arr.shape)} -> {tuple(value.shape)}, model expects {shapes[path]}")
             continue
         out[path] = value
-    missing = sorted(keymap.official_key(shapes, p) for p in template if p not in out)
+    missing = sorted(keymap.official_key(shapes, p) for p in shapes if p not in out)
     if missing or unexpected or misshaped:
         lines = [f"{source}: checkpoint does not match the network"]
         for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
             if items:
                 lines.append(f"  {title} ({len(items)}): " + "; ".join(sorted(items)[:25]) + (" ..." if len(items) > 25 else ""))
         raise CheckpointMismatchError("\n".join(lines))
+    out = keymap.stack_scanned(out, stacked)
     return {"params": traverse_util.unflatten_dict({k: jnp.asarray(v, param_dtype) for k, v in out.items()})}
 
 
@@ -141,7 +143,7 @@ def load_model(path: str | Path, name: str | None = None, *, param_dtype=jnp.flo
 def export_state_dict(params: dict, use_fp16: bool) -> dict[str, np.ndarray]:
     """Flax params -> official {key: tensor} with the released dtypes."""
     flat = traverse_util.flatten_dict(nn.meta.unbox(params).get("params", params))
-    flat = {k: np.asarray(v, np.float32) for k, v in flat.items()}
+    flat = keymap.unstack_scanned({k: np.asarray(v, np.float32) for k, v in flat.items()})
     out = {}
     shapes = {k: v.shape for k, v in flat.items()}
     for path, value in flat.items():

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from trellis_jax.modules.embeddings import TimestepEmbedder
 from trellis_jax.modules.layers import AffineLayerNorm, linear
 from trellis_jax.modules.sparse_conv import SparseConv3d
-from trellis_jax.modules.transformer import ModulatedTransformerCrossBlock
+from trellis_jax.modules.transformer import cross_block_stack
 from trellis_jax.sparse.attention import full_layout
 from trellis_jax.sparse.neighbors import neighbor_map
 from trellis_jax.sparse.norm import layer_norm
@@ -76,6 +76,8 @@ class SLatFlowModel(nn.Module):
     dtype: Dtype = jnp.float32
     attn_impl: str = "xla"
     remat: bool = False
+    scan_blocks: bool = False  # nn.scan over the blocks (params stacked; checkpoints convert, keymap.py)
+    remat_policy: str = "nothing_saveable"  # jax.checkpoint_policies member, with remat/use_checkpoint
 
     @property
     def heads(self) -> int:
@@ -128,13 +130,12 @@ class SLatFlowModel(nn.Module):
         h = h + absolute_position_embedding(level.coords, C).astype(h.dtype)
         h = masked(h, level.mask)
         layout = full_layout(level.mask)
-        block_cls = nn.remat(ModulatedTransformerCrossBlock) if (self.remat or self.use_checkpoint) else ModulatedTransformerCrossBlock
-        for i in range(self.num_blocks):
-            h = block_cls(
-                C, self.cond_channels, self.heads, self.mlp_ratio, self.qk_rms_norm, self.qk_rms_norm_cross,
-                self.share_mod, self.dtype, self.attn_impl, name=f"blocks_{i}",
-            )(h, emb, cond, layout)
-            h = masked(h, level.mask)
+        h = cross_block_stack(
+            h, emb, cond, layout, level.mask, num_blocks=self.num_blocks,
+            block_args=(C, self.cond_channels, self.heads, self.mlp_ratio, self.qk_rms_norm, self.qk_rms_norm_cross,
+                        self.share_mod, self.dtype, self.attn_impl),
+            scan=self.scan_blocks, remat=self.remat or self.use_checkpoint, remat_policy=self.remat_policy,
+        )
 
         for i, ((_, c_out, up), skip) in enumerate(zip(outs, reversed(skips))):
             if self.use_skip_connection:

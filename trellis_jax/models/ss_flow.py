@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from trellis_jax.modules.embeddings import TimestepEmbedder
 from trellis_jax.modules.layers import linear
-from trellis_jax.modules.transformer import ModulatedTransformerCrossBlock
+from trellis_jax.modules.transformer import cross_block_stack
 from trellis_jax.sparse.norm import layer_norm
 from trellis_jax.sparse.pos_embed import absolute_position_embedding
 
@@ -67,6 +67,8 @@ class SparseStructureFlowModel(nn.Module):
     dtype: Dtype = jnp.float32
     attn_impl: str = "xla"
     remat: bool = False
+    scan_blocks: bool = False  # nn.scan over the blocks (params stacked; checkpoints convert, keymap.py)
+    remat_policy: str = "nothing_saveable"  # jax.checkpoint_policies member, with remat/use_checkpoint
 
     @property
     def heads(self) -> int:
@@ -91,12 +93,12 @@ class SparseStructureFlowModel(nn.Module):
         if self.share_mod:
             emb = linear(6 * C, ("embed", "mlp"), "adaLN_modulation_1", zero_init=True)(nn.silu(emb))
         h, emb, cond = h.astype(self.dtype), emb.astype(self.dtype), cond.astype(self.dtype)
-        block_cls = nn.remat(ModulatedTransformerCrossBlock) if (self.remat or self.use_checkpoint) else ModulatedTransformerCrossBlock
-        for i in range(self.num_blocks):
-            h = block_cls(
-                C, self.cond_channels, self.heads, self.mlp_ratio, self.qk_rms_norm, self.qk_rms_norm_cross,
-                self.share_mod, self.dtype, self.attn_impl, name=f"blocks_{i}",
-            )(h, emb, cond)
+        h = cross_block_stack(
+            h, emb, cond, None, None, num_blocks=self.num_blocks,
+            block_args=(C, self.cond_channels, self.heads, self.mlp_ratio, self.qk_rms_norm, self.qk_rms_norm_cross,
+                        self.share_mod, self.dtype, self.attn_impl),
+            scan=self.scan_blocks, remat=self.remat or self.use_checkpoint, remat_policy=self.remat_policy,
+        )
         h = layer_norm(h.astype(jnp.float32), 1e-5)
         h = linear(self.out_channels * p**3, ("embed", "io"), "out_layer", zero_init=True)(h)
         return unpatchify(h, p, R)

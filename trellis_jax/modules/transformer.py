@@ -14,6 +14,7 @@ from trellis_jax.modules.attention import CrossAttention, SelfAttention
 from trellis_jax.modules.layers import AffineLayerNorm, linear
 from trellis_jax.sparse.attention import AttentionLayout
 from trellis_jax.sparse.norm import layer_norm
+from trellis_jax.sparse.tensor import masked
 
 Dtype = Any
 
@@ -82,3 +83,42 @@ class ModulatedTransformerCrossBlock(nn.Module):
         x = x + CrossAttention(C, self.ctx_channels, self.num_heads, self.qk_rms_norm_cross, self.dtype, name="cross_attn")(h, context)
         h = layer_norm(x, 1e-6) * (1 + scale_mlp) + shift_mlp
         return x + gate_mlp * FeedForward(C, self.mlp_ratio, self.dtype, name="mlp")(h)
+
+
+# Name of the scanned block stack's parameters: `blocks/...` with a leading [num_blocks] axis (logical
+# axis `layers`), against `blocks_{i}/...` when unrolled. trellis_jax/checkpoints/keymap.py converts.
+SCANNED_BLOCKS = "blocks"
+
+
+def cross_block_stack(
+    h: jax.Array, emb: jax.Array, context: jax.Array, layout: AttentionLayout | None, mask: jax.Array | None, *,
+    num_blocks: int, block_args: tuple, scan: bool = False, remat: bool = False, remat_policy: str = "nothing_saveable",
+) -> jax.Array:
+    """`num_blocks` ModulatedTransformerCrossBlock(*block_args) applied to tokens h [B, L, C] (padding rows
+    re-zeroed after each block when `mask` [B, L] is given). Call from inside a compact method: the blocks
+    become the caller's children.
+
+    scan=False: a Python loop, params `blocks_{i}` (the released layout). scan=True: one `nn.scan`, params
+    `blocks` stacked [num_blocks, ...], so the compiler sees (and compiles) a single block. remat: each block
+    is rematerialised in the backward pass under `jax.checkpoint_policies.<remat_policy>` (what it may keep).
+    """
+    policy = getattr(jax.checkpoint_policies, remat_policy, None)
+    if remat and policy is None:
+        raise ValueError(f"remat_policy {remat_policy!r} is not a jax.checkpoint_policies member")
+    cls = nn.remat(ModulatedTransformerCrossBlock, policy=policy, prevent_cse=not scan) if remat else ModulatedTransformerCrossBlock
+
+    def one(block, x):
+        x = block(x, emb, context, layout)
+        return x if mask is None else masked(x, mask)
+
+    if not scan:
+        for i in range(num_blocks):
+            h = one(cls(*block_args, name=f"blocks_{i}"), h)
+        return h
+    stack = nn.scan(
+        lambda block, x, _: (one(block, x), None),
+        variable_axes={"params": 0}, split_rngs={"params": True}, length=num_blocks,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )
+    h, _ = stack(cls(*block_args, name=SCANNED_BLOCKS), h, None)
+    return h

@@ -1,7 +1,8 @@
 """Device mesh, logical-axis sharding rules and batch placement for training.
 
 The modules name every parameter dimension with a logical axis (`nn.with_logical_partitioning`):
-`embed`, `mlp`, `qkv`, `cond`, `io`, `norm`, `conv_in`, `conv_out`, `kernel_offsets` (or None).
+`embed`, `mlp`, `qkv`, `cond`, `io`, `norm`, `conv_in`, `conv_out`, `kernel_offsets`, `layers` (the
+stacked block axis of scanned models) or None.
 One rules table maps them onto the mesh axes `('data', 'fsdp', 'tensor')`:
 
 * `data`   — pure data parallelism (batch only; params replicated over it),
@@ -43,6 +44,7 @@ DEFAULT_RULES: Rules = (
     ("io", None),  # network input/output channels (8 latent channels, patch*channels, ...)
     ("kernel_offsets", None),  # k³ conv kernel offsets
     ("norm", None),  # LayerNorm scale/bias, QK-RMSNorm gamma: replicated
+    ("layers", None),  # the stacked [num_blocks] axis of scanned blocks: every chip holds its shard of each
 )
 
 

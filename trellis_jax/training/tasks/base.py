@@ -245,7 +245,8 @@ class FlowTask(Task):
     def __init__(self, cfg):
         super().__init__(cfg)
         args = cfg.model.args.to_dict()
-        self.model = build_model(cfg.model.class_name, args, dtype=compute_dtype(cfg))
+        blocks = {k: cfg.model[k] for k in ("scan_blocks", "remat_policy") if k in cfg.model}
+        self.model = build_model(cfg.model.class_name, args, dtype=compute_dtype(cfg), **blocks)
         self.resolution, self.channels = int(args["resolution"]), int(args["in_channels"])
         self.cond = Condition(cfg, int(args["cond_channels"]), CODE_DIM)
 
