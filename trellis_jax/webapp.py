@@ -1,6 +1,7 @@
 """A browser front end to a pipeline directory, like the reference's demo (`trellis-jax app`).
 
     trellis-jax app --weights DIR [--host 127.0.0.1] [--port 7860] [--out DIR]
+                    [--image-encoder HF_DIR | --text-encoder HF_DIR] [--ckpt-root DIR ...]
 
 One page: an image upload (image pipelines) or a text prompt (text pipelines), the seed and the two
 stages' sampler settings (steps, guidance strength). Submitting runs the pipeline (`trellis_jax.api`:
@@ -49,17 +50,18 @@ class BadRequest(ValueError):
     """A problem with the submitted form, shown on the page as one line."""
 
 
-def load(weights: str | Path, capacity: int) -> api._Pipeline:
-    """The API pipeline of a directory, image- or text-conditioned as its pipeline.json says."""
+def load(weights: str | Path, capacity: int, **encoders) -> api._Pipeline:
+    """The API pipeline of a directory, image- or text-conditioned as its pipeline.json says.
+    encoders: `from_pretrained`'s image_encoder / text_encoder / search_roots."""
     weights = Path(weights)
     if not (weights / "pipeline.json").is_file():
         raise FileNotFoundError(f"{weights}: {'no pipeline.json in it' if weights.is_dir() else 'directory not found'}")
     try:
-        return api.TrellisImageTo3DPipeline.from_pretrained(weights, capacity=capacity)
+        return api.TrellisImageTo3DPipeline.from_pretrained(weights, capacity=capacity, **encoders)
     except ValueError as e:
         if "text-conditioned pipeline" not in str(e):
             raise
-    return api.TrellisTextTo3DPipeline.from_pretrained(weights, capacity=capacity)
+    return api.TrellisTextTo3DPipeline.from_pretrained(weights, capacity=capacity, **encoders)
 
 
 def defaults(pipe: api._Pipeline) -> dict[str, float]:
@@ -263,6 +265,9 @@ def main(argv=None) -> int:
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
     ap.add_argument("--port", type=int, default=7860, help="port (0: any free one)")
     ap.add_argument("--out", default=None, help="folder for the results (default: a new temporary folder)")
+    ap.add_argument("--image-encoder", help="HF-format DINOv2-with-registers directory (image pipelines)")
+    ap.add_argument("--text-encoder", help="HF-format CLIP text directory (text pipelines)")
+    ap.add_argument("--ckpt-root", nargs="*", default=[], help="where cross-repo checkpoints live")
     ap.add_argument("--capacity", type=int, default=32768, help="voxel capacity of the sampler")
     ap.add_argument("--frames", type=int, default=120, help="turntable frames")
     ap.add_argument("--resolution", type=int, default=512, help="turntable resolution (pixels per panel)")
@@ -277,7 +282,8 @@ def main(argv=None) -> int:
     try:
         out_dir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="trellis_app_"))
         out_dir.mkdir(parents=True, exist_ok=True)
-        pipe = load(args.weights, args.capacity)
+        pipe = load(args.weights, args.capacity, image_encoder=args.image_encoder, text_encoder=args.text_encoder,
+                    search_roots=args.ckpt_root)
         server = serve(App(pipe, out_dir, args.frames, args.resolution), args.host, args.port)
     except (OSError, ValueError, KeyError) as e:
         print(f"trellis-jax app: {e}", file=sys.stderr)
