@@ -30,7 +30,8 @@ setup(
         "imageio-ffmpeg",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-xdist", "nbconvert", "nbclient", "ipykernel", "apache-beam"],
+        "dev": ["pytest", "pytest-xdist", "nbconvert", "nbclient", "ipykernel", "apache-beam",
+                "playwright"],  # drives Debian's /usr/bin/chromium in tests/test_webapp.py (no browser download)
         # the TPU compiler, for `trellis-jax aot` on any host (and the runtime on a TPU VM)
         "tpu": ["libtpu"],
     },

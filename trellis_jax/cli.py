@@ -7,6 +7,7 @@
     trellis-jax build-data  meshes -> renders, voxels, features -> ArrayRecord (data_pipeline.build)
     trellis-jax encode-data a built dataset + trained VAE encoders -> the same records + latents (data_pipeline.encode)
     trellis-jax train       rectified-flow / VAE training from an ml_collections config
+    trellis-jax app         a browser front end: image/text in, turntable video + GLB/PLY downloads out
     trellis-jax export      a generated asset's latents.npz -> PLY / GLB / preview with a pipeline's decoder
     trellis-jax convert     official checkpoint <-> check / re-save (dtype-exact), parameter counts
     trellis-jax eval        reconstruction / generation metrics tables (PSNR, LPIPS, CD, F-score, CLIP, FD, KD)
@@ -26,6 +27,7 @@ COMMANDS = {
     "build-data": ("data_pipeline.build", "build an ArrayRecord dataset from a manifest"),
     "encode-data": ("data_pipeline.encode", "add SS / SLat latents to a dataset with trained VAE encoders"),
     "train": ("trellis_jax.train", "train a model from a config"),
+    "app": ("trellis_jax.webapp", "a web app: image/text in, preview video and GLB/PLY out"),
     "export": ("trellis_jax.export.cli", "export latents to PLY/GLB/preview"),
     "convert": ("trellis_jax.checkpoints.cli", "check / re-save official checkpoints"),
     "sweep": ("trellis_jax.sweep", "run an ablation sweep"),

@@ -28,6 +28,11 @@ TINY = {
         resolution=32, model_channels=64, latent_channels=8, num_blocks=2, num_heads=2, window_size=8,
         representation_config=dict(num_gaussians=4))),
 }
+# optional extra decoder (`write_random_pipeline(..., mesh=True)`); GroupNorm32 in its subdivision blocks
+# needs model_channels/8 divisible by 32.
+TINY_MESH = ("slat_dec_mesh", "SLatMeshDecoder", dict(
+    resolution=32, model_channels=256, latent_channels=8, num_blocks=1, num_heads=4, window_size=8,
+    representation_config={"use_color": True}))
 
 
 def calibrate_occupancy(decoder, params, occupancy: float, seed: int = 0, resolution: int = 8):
@@ -63,12 +68,17 @@ def pipeline_from_config(cfg, params_for):
         min_stage2_size=int(cfg.min_stage2_size))
 
 
-def write_random_pipeline(directory, seed: int = 0, occupancy: float = 0.04, steps: int = 4) -> Path:
-    """Tiny image-conditioned pipeline (tiny random DINOv2 condition encoder). The SS decoder's output
-    bias is calibrated on a random latent so about `occupancy` of the grid is occupied (a random
-    decoder would otherwise fill half of it)."""
+def write_random_pipeline(directory, seed: int = 0, occupancy: float = 0.04, steps: int = 4, kind: str = "image",
+                          mesh: bool = False) -> Path:
+    """Tiny pipeline conditioned on `kind` ('image': a tiny random DINOv2; 'text': a tiny random CLIP),
+    with a Gaussian decoder (and a mesh decoder with `mesh`). The SS decoder's output bias is calibrated
+    on a random latent so about `occupancy` of the grid is occupied (a random decoder would otherwise
+    fill half of it)."""
+    if kind not in ("image", "text"):
+        raise ValueError(f"kind must be 'image' or 'text', got {kind!r}")
+    roles = dict(TINY, **({"slat_decoder_mesh": TINY_MESH} if mesh else {}))
     models = {}
-    for i, (role, (name, cls, args)) in enumerate(TINY.items()):
+    for i, (role, (name, cls, args)) in enumerate(roles.items()):
         m = build_model(cls, args)
         p = nn.meta.unbox(m.init(jax.random.PRNGKey(seed + i), *dummy_inputs(m)))
         p = jax.tree.map(lambda a: a + 0.02 * jax.random.normal(jax.random.PRNGKey(seed + 100 + i), a.shape), p)
@@ -77,6 +87,6 @@ def write_random_pipeline(directory, seed: int = 0, occupancy: float = 0.04, ste
         models[role] = (name, cls, args, p)
     sampler = {"name": "FlowEulerGuidanceIntervalSampler", "args": {"sigma_min": 1e-5},
                "params": {"steps": steps, "cfg_strength": 3.0, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0}}
-    save_pipeline(directory, "image", models, ss_sampler=sampler, slat_sampler=sampler,
-                  cond_encoder={"kind": "image", "arch": "tiny", "seed": seed})
+    save_pipeline(directory, kind, models, ss_sampler=sampler, slat_sampler=sampler,
+                  cond_encoder={"kind": kind, "arch": "tiny", "seed": seed})
     return Path(directory)
