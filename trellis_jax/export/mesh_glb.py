@@ -44,7 +44,9 @@ def simplify_mesh(vertices: np.ndarray, faces: np.ndarray, simplify: float) -> t
         return np.asarray(vertices, np.float64), np.asarray(faces, np.int64)
     import fast_simplification
 
-    v, f = fast_simplification.simplify(np.asarray(vertices, np.float32), np.asarray(faces, np.int32), target_reduction=simplify)
+    # writable copies: the extension rejects read-only buffers (host views of device arrays)
+    v, f = fast_simplification.simplify(np.array(vertices, np.float64, order="C"), np.array(faces, np.int32, order="C"),
+                                        target_reduction=simplify)
     return np.asarray(v, np.float64), np.asarray(f, np.int64)
 
 

@@ -28,6 +28,9 @@ TINY = {
         resolution=32, model_channels=64, latent_channels=8, num_blocks=2, num_heads=2, window_size=8,
         representation_config=dict(num_gaussians=4))),
 }
+TINY_MESH_DECODER = ("slat_decoder_mesh", "slat_dec_mesh", "SLatMeshDecoder", dict(  # 256: its upsamplers' GroupNorm(32) needs C/8 >= 32
+    resolution=32, model_channels=256, latent_channels=8, num_blocks=2, num_heads=2, window_size=8,
+    representation_config=dict(use_color=True)))
 
 
 def calibrate_occupancy(decoder, params, occupancy: float, seed: int = 0, resolution: int = 8):
@@ -61,12 +64,13 @@ def pipeline_from_config(cfg, params_for):
         min_stage2_size=int(cfg.min_stage2_size))
 
 
-def write_random_pipeline(directory, seed: int = 0, occupancy: float = 0.04, steps: int = 4) -> Path:
-    """Tiny image-conditioned pipeline (tiny random DINOv2 condition encoder). The SS decoder's output
-    bias is calibrated on a random latent so about `occupancy` of the grid is occupied (a random
-    decoder would otherwise fill half of it)."""
+def write_random_pipeline(directory, seed: int = 0, occupancy: float = 0.04, steps: int = 4, mesh_decoder: bool = False) -> Path:
+    """Tiny image-conditioned pipeline (tiny random DINOv2 condition encoder; with `mesh_decoder` also a
+    tiny FlexiCubes mesh decoder). The SS decoder's output bias is calibrated on a random latent so about
+    `occupancy` of the grid is occupied (a random decoder would otherwise fill half of it)."""
     models = {}
-    for i, (role, (name, cls, args)) in enumerate(TINY.items()):
+    tiny = dict(TINY, **({TINY_MESH_DECODER[0]: TINY_MESH_DECODER[1:]} if mesh_decoder else {}))
+    for i, (role, (name, cls, args)) in enumerate(tiny.items()):
         m = build_model(cls, args)
         p = nn.meta.unbox(m.init(jax.random.PRNGKey(seed + i), *dummy_inputs(m)))
         p = jax.tree.map(lambda a: a + 0.02 * jax.random.normal(jax.random.PRNGKey(seed + 100 + i), a.shape), p)
