@@ -28,6 +28,8 @@ setup(
         "rtree",
         "imageio",
         "imageio-ffmpeg",
+        "xatlas",
+        "fast-simplification",
     ],
     extras_require={
         "dev": ["pytest", "pytest-xdist", "nbconvert", "nbclient", "ipykernel", "apache-beam",

@@ -3,7 +3,9 @@ forward and forward+backward, one view.
 
     python benchmarks/renderers.py [--resolution 512] [--gaussians 640000] [--faces 200000] [--runs 3]
                                    [--tile-size 4] [--tile-capacity 256] [--field-voxels 20000]
-                                   [--sample-capacity 256] [--skip gaussians|mesh|radiance_field ...]
+                                   [--sample-capacity 256] [--skip gaussians|mesh|radiance_field|glb ...]
+                                   [--glb-faces 200000] [--glb-gaussians 100000] [--texture-size 1024]
+                                   [--bake-views 100] [--bake-resolution 512] [--bake-steps 2500]
 
 Gaussians: `--gaussians` of them (a decoded SLAT has 32 per active voxel, ~20K voxels: 640K) spread over
 a 0.4-radius sphere shell, scale 0.004 (a few pixels at 512²). Mesh: an icosphere of radius 0.45 with the
@@ -12,6 +14,9 @@ subdivision level nearest `--faces` triangles (20·4^s: 200K asks for 327,680). 
 opaque enough that most rays stop inside the shell), `--sample-capacity` occupied samples per ray. All
 seen from the turntable's first camera (radius 2, FoV 40°). The loss for backward is a weighted sum of
 the rendered colour (and, for the mesh, antialiased colour + depth; for the field, depth). Prints compile time and the median of `--runs` timed runs (block_until_ready).
+GLB: `api.to_glb` of one asset (an icosphere of `--glb-faces` triangles squashed to half height, with
+`--glb-gaussians` Gaussians on its surface), wall-clock per bake mode ('fast', 'opt'), compiles included:
+the time a user waits per asset at the reference's settings (simplify 0.95, the flags' defaults).
 """
 from __future__ import annotations
 
@@ -118,6 +123,29 @@ def bench_radiance_field(n_voxels, res, runs, E, K, sample_capacity):
         print(f"radiance_field {name}: {info} compile={ct:.1f}s median={t * 1000:.0f}ms", flush=True)
 
 
+def bench_glb(faces_target, n_gaussians, texture_size, views, resolution, steps):
+    import time
+
+    from trellis_jax.api import MeshResult, to_glb
+
+    subdivisions = max(0, int(np.ceil(np.log(faces_target / 20) / np.log(4) - 0.5)))
+    m = trimesh.creation.icosphere(subdivisions, radius=0.45)
+    m.vertices[:, 2] *= 0.5
+    pts, _ = trimesh.sample.sample_surface_even(m, n_gaussians, seed=0)
+    rng = np.random.default_rng(0)
+    n = len(pts)
+    g = {"xyz": pts.astype(np.float32), "features_dc": rng.normal(0, 0.5, (n, 3)).astype(np.float32),
+         "opacity": np.full(n, 0.9, np.float32), "scaling": np.full((n, 3), 0.006, np.float32),
+         "rotation": np.tile(np.float32([1, 0, 0, 0]), (n, 1))}
+    mesh = MeshResult(m.vertices.astype(np.float32), m.faces.astype(np.int32), np.zeros((len(m.vertices), 6), np.float32))
+    for mode in ("fast", "opt"):
+        t = time.perf_counter()
+        asset = to_glb(g, mesh, simplify=0.95, texture_size=texture_size, mode=mode, num_views=views,
+                       render_resolution=resolution, steps=steps, verbose=False)
+        print(f"glb bake {mode}: faces={len(m.faces)}->{len(asset.faces)} gaussians={n} texture={texture_size}² views={views} "
+              f"at {resolution}²{f' steps={steps}' if mode == 'opt' else ''} total={time.perf_counter() - t:.1f}s", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--resolution", type=int, default=512)
@@ -128,7 +156,13 @@ def main():
     p.add_argument("--tile-capacity", type=int, default=256)
     p.add_argument("--field-voxels", type=int, default=20_000)
     p.add_argument("--sample-capacity", type=int, default=256)
-    p.add_argument("--skip", choices=["gaussians", "mesh", "radiance_field"], action="append", default=[])
+    p.add_argument("--skip", choices=["gaussians", "mesh", "radiance_field", "glb"], action="append", default=[])
+    p.add_argument("--glb-faces", type=int, default=200_000)
+    p.add_argument("--glb-gaussians", type=int, default=100_000)
+    p.add_argument("--texture-size", type=int, default=1024)
+    p.add_argument("--bake-views", type=int, default=100)
+    p.add_argument("--bake-resolution", type=int, default=512)
+    p.add_argument("--bake-steps", type=int, default=2500)
     args = p.parse_args()
     ext, intr = turntable_cameras(1)
     print(f"renderers: backend={jax.default_backend()} devices={jax.devices()}", flush=True)
@@ -138,6 +172,8 @@ def main():
         bench_mesh(args.faces, args.resolution, args.runs, ext[0], intr[0], args.tile_size, args.tile_capacity)
     if "radiance_field" not in args.skip:
         bench_radiance_field(args.field_voxels, args.resolution, args.runs, ext[0], intr[0], args.sample_capacity)
+    if "glb" not in args.skip:
+        bench_glb(args.glb_faces, args.glb_gaussians, args.texture_size, args.bake_views, args.bake_resolution, args.bake_steps)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,10 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.render_resolution = 48     # SLat-VAE supervision renders
     c.sampler = ml_collections.ConfigDict(dict(steps=12, cfg_strength=3.0, cfg_interval=(0.5, 1.0), rescale_t=3.0))
     c.sample_capacity = 8192
+    # per-asset files (trellis_jax/export/asset.py AssetOptions): the reference's 120-frame orbit at 15 fps;
+    # mesh.glb needs a mesh decoder, which the demo's pipelines do not have (gaussians.ply, turntable.mp4 are written)
+    c.assets = ml_collections.ConfigDict(dict(simplify=0.95, texture_size=1024, bake_mode="fast", video_frames=120,
+                                              video_resolution=512))
     c.evaluate = True            # end with `trellis-jax eval` on the held-out assets (tables printed, OUT/eval/)
     if variant == "smoke":  # seconds-scale run for tests / the notebook in CI
         c.num_assets, c.held_out = 6, 2
@@ -46,6 +50,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
         c.data.num_views, c.data.store_views = 4, 4
         c.batch_size.slat_vae, c.batch_size.ss_flow = 1, 2
         c.conditions = ("image",)
+        c.assets.video_frames, c.assets.video_resolution = 8, 64
         c.evaluate = False       # the eval command has its own end-to-end tests (tests/test_eval_cli.py, slow)
     elif variant != "default":
         raise KeyError(f"unknown demo variant {variant!r} (default, smoke)")

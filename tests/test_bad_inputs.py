@@ -88,6 +88,10 @@ def test_generate_bad_image_is_one_line_naming_it(weights, images, tmp_path, cap
     (["--slat-steps", "-3"], "--slat-steps must be >= 1"),
     (["--seed", "1", "2"], "2 seeds given for 3 sample(s)"),
     (["--num-samples", "0"], "--num-samples must be >= 1"),
+    (["--bake-mode", "nearest"], "--bake-mode must be one of ('fast', 'opt')"),
+    (["--simplify", "1.5"], "--simplify must be in [0, 1)"),
+    (["--video-frames", "-1"], "--video-frames must be >= 0"),
+    (["--texture-size", "0"], "--texture-size must be >= 1"),
 ])
 def test_generate_bad_settings(weights, prompt, tmp_path, capsys, args, expect):
     rc, err = run_cli(capsys, "generate", "--weights", weights, "--image", prompt, prompt, prompt, *args, "--out", tmp_path / "o")

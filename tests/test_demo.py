@@ -4,6 +4,7 @@ import ast
 import json
 from pathlib import Path
 
+import imageio.v2 as imageio
 import pytest
 
 from trellis_jax.config_loader import load_config
@@ -54,5 +55,6 @@ def test_demo_smoke_run_writes_every_output(tmp_path):
     rows = summary["outputs"]["image"]
     assert len(rows) + len(summary["skipped"]["image"]) == 2
     for row in rows:
-        for f in ("gaussians.ply", "voxels.ply", "voxels.glb", "preview.png"):
+        for f in ("gaussians.ply", "voxels.ply", "voxels.glb", "preview.png", "turntable.mp4"):
             assert (Path(row["dir"]) / f).stat().st_size > 0
+        assert imageio.get_reader(Path(row["dir"]) / "turntable.mp4").count_frames() == 8  # the smoke variant's frames

@@ -14,7 +14,8 @@
 3. trains G_S and G_L for image and for text conditions with the trainer (rectified flow, CFG dropout);
 4. saves each pipeline as an official-format checkpoint directory (`save_pipeline`), reloads it
    through the official loader, and samples the held-out images / captions in one jitted call each;
-5. writes per asset: gaussians.ply (3DGS), voxels.ply, voxels.glb, preview.png; prints where;
+5. writes per asset: gaussians.ply (3DGS), voxels.ply, voxels.glb, preview.png, turntable.mp4 (and mesh.glb,
+   textured from the Gaussians, when a pipeline has a mesh decoder; the demo trains none); prints where;
 6. evaluates the held-out assets with `trellis-jax eval` (reconstruction of the SLat VAE it trained,
    generation of each pipeline) and prints the tables (`cfg.evaluate`; off in the smoke variant).
 Each training stage's workdir (checkpoints, metrics.jsonl, TensorBoard) is OUT/train/<stage>; a rerun
@@ -243,11 +244,15 @@ def run(cfg) -> dict:
         Image.fromarray(unpack_png(rec["cond_png"], rec["cond_png_offsets"], 0)).save(p)
         image_paths.append(p)
         captions.append(meta["captions"][0] if meta.get("captions") else "")
+    from trellis_jax.export.asset import AssetOptions
+
+    assets = AssetOptions(**cfg.assets.to_dict()).check()
     results = {}
     for kind, wdir in pipelines.items():
         pipe, cmodel, k = load_generator(wdir, capacity=cfg.sample_capacity)
         results[kind] = generate(pipe, cmodel, k, images=image_paths if kind == "image" else (), texts=captions if kind == "text" else (),
-                                 seeds=[cfg.seed + i for i in range(len(image_paths))], out_dir=out / "samples" / kind, resolution=R, log=log)
+                                 seeds=[cfg.seed + i for i in range(len(image_paths))], out_dir=out / "samples" / kind, resolution=R,
+                                 assets=assets, log=log)
     summary["stages"]["sample"] = time.time() - t0
     summary["prompts"] = {"images": [str(p) for p in image_paths], "captions": captions}
     summary["outputs"], summary["skipped"] = {}, {}
@@ -274,7 +279,8 @@ def run(cfg) -> dict:
     log("done in %.1f min. Outputs:" % (summary["total_seconds"] / 60))
     for kind in results:
         for row in summary["outputs"][kind]:
-            log(f"  [{kind}: {row['prompt']}] {row['dir']}: gaussians.ply voxels.ply voxels.glb preview.png")
+            files = " ".join(Path(v).name for k, v in row.items() if k.endswith(("_ply", "_glb", "_png", "_mp4")))
+            log(f"  [{kind}: {row['prompt']}] {row['dir']}: {files}")
         for prompt in summary["skipped"][kind]:
             log(f"  [{kind}: {prompt}] NOT exported (see the sample lines above)")
     log(f"  SLat VAE held-out reconstruction PSNR: {psnr_before:.2f} dB (init) -> {psnr_after:.2f} dB (trained)")

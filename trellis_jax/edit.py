@@ -39,7 +39,8 @@ def check_box(box, resolution: int | None) -> None:
 
 def main(argv=None) -> int:
     from trellis_jax.atomic import check_output_dir
-    from trellis_jax.export.asset import check_latents_fit, export_sample, read_latents
+    from trellis_jax.export.asset import (add_asset_arguments, asset_options, check_latents_fit, export_sample,
+                                          host_meshes, read_latents)
     from trellis_jax.sample import check_texts, load_generator, read_image
 
     ap = argparse.ArgumentParser(prog="trellis-jax edit", description=__doc__.splitlines()[0])
@@ -54,8 +55,10 @@ def main(argv=None) -> int:
     ap.add_argument("--jump-length", type=int, default=1)
     ap.add_argument("--resamples", type=int, default=2)
     ap.add_argument("--out", default="outputs/edit", type=Path, help="new asset directory (must not exist yet)")
+    add_asset_arguments(ap)
     args = ap.parse_args(argv)
     try:
+        options = asset_options(args)
         # inputs and the output directory are checked before a model is loaded
         coords, feats, ss = read_latents(args.asset)
         if args.mode == "region" and (args.box is None or ss is None):
@@ -98,7 +101,9 @@ def main(argv=None) -> int:
                                  f"raise --capacity (nothing written)")
             if n == 0:
                 raise ValueError("the edited structure is empty (no occupied voxel); nothing written")
-        files = export_sample(out, 0, args.out, res)
+        meshes = host_meshes(out)
+        log = lambda msg: print(msg, file=sys.stderr, flush=True)
+        files = export_sample(out, 0, args.out, res, mesh=None if meshes is None else meshes[0], options=options, log=log)
     except (OSError, ValueError, KeyError) as e:
         print(f"trellis-jax edit: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2

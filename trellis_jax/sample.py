@@ -8,7 +8,8 @@ DIR is an official checkpoint directory (pipeline.json + ckpts/) such as TRELLIS
 written by `trellis-jax demo`. Image pipelines need DINOv2 weights (`--image-encoder HF_DIR`); text
 pipelines CLIP (`--text-encoder HF_DIR`); without them a frozen random encoder is used and the output
 says so. All samples of a call run in ONE jitted function. Per asset the output folder holds
-gaussians.ply (3DGS), voxels.ply, voxels.glb, preview.png and latents.npz; it is assembled as
+gaussians.ply (3DGS), voxels.ply, voxels.glb, preview.png, mesh.glb (textured from the Gaussians when
+the pipeline has a mesh decoder), turntable.mp4 and latents.npz; it is assembled as
 `<name>.partial-*` and renamed when complete, and an existing one is never overwritten. Inputs and
 the output directory are checked before any model is loaded; a bad one is one error line naming it.
 """
@@ -26,7 +27,7 @@ from PIL import Image
 
 from trellis_jax.atomic import check_output_dir, check_writable_dir
 from trellis_jax.conditioning import encode_conditions
-from trellis_jax.export.asset import export_sample
+from trellis_jax.export.asset import AssetOptions, add_asset_arguments, asset_options, export_sample, host_meshes
 from trellis_jax.sampling.pipeline import TrellisPipeline
 
 FORMAT_ROLES = {"gaussian": "slat_decoder_gs", "radiance_field": "slat_decoder_rf", "mesh": "slat_decoder_mesh"}
@@ -46,8 +47,10 @@ def load_generator(weights: str | Path, *, capacity: int = 32768, image_encoder=
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {v}")
     weights = Path(weights)
     loaded = load_pipeline(weights, search_roots=search_roots)
+    # the formats the per-asset files need: Gaussians, and the mesh when the pipeline has its decoder
+    formats = ("gaussian",) + (("mesh",) if FORMAT_ROLES["mesh"] in loaded["models"] else ())
     try:
-        pipe = TrellisPipeline.from_checkpoint(loaded, capacity=capacity, **sampler_overrides)
+        pipe = TrellisPipeline.from_checkpoint(loaded, capacity=capacity, formats=formats, **sampler_overrides)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ValueError(f"{weights / 'pipeline.json'}: bad sampler settings ({e.args[0] if isinstance(e, KeyError) else e})") from e
     for stage, sampler in (("sparse_structure_sampler", pipe.ss_sampler), ("slat_sampler", pipe.slat_sampler)):
@@ -108,7 +111,7 @@ def check_texts(texts, cond_model, log=print) -> None:
 
 
 def generate(pipe: TrellisPipeline, cond_model, kind: str, *, images=(), texts=(), seeds=(0,), multi_image=None, out_dir="outputs",
-             resolution: int = 64, log=print) -> list[dict]:
+             resolution: int = 64, assets: AssetOptions = AssetOptions(), log=print) -> list[dict]:
     """Sample and export; returns per exported sample {'index', 'prompt', 'seed', 'dir', files...}.
     images: paths (or PIL images); a sample that is not exported (empty, over capacity) is logged by prompt."""
     t0 = time.time()
@@ -143,6 +146,7 @@ def generate(pipe: TrellisPipeline, cond_model, kind: str, *, images=(), texts=(
     counts = np.asarray(out["num_voxels"])  # waits for the device
     t_sample = time.time() - t0
     log(f"sampled in {t_sample:.1f}s; exporting ...")
+    meshes = host_meshes(out) if "mesh" in out else None
     results = []
     for b in range(n):
         d = sample_dir(out_dir, b, seeds[b])
@@ -153,7 +157,7 @@ def generate(pipe: TrellisPipeline, cond_model, kind: str, *, images=(), texts=(
                       else f"{nv} voxels exceed the capacity {pipe.capacity}; raise --capacity")
             log(f"sample {b} ({prompts[b]}): NOT exported ({reason})")
             continue
-        files = export_sample(out, b, d, resolution)
+        files = export_sample(out, b, d, resolution, mesh=None if meshes is None else meshes[b], options=assets, log=log)
         results.append({"index": b, "prompt": prompts[b], "seed": seeds[b], "dir": d, "num_voxels": int(counts[b]), **files})
         log(f"sample {b} ({prompts[b]}): {int(counts[b])} voxels -> {d}")
     log(f"generated {len(results)} of {n} asset(s) in {time.time() - t0:.1f}s")
@@ -176,11 +180,13 @@ def main(argv=None) -> int:
     for stage in ("ss", "slat"):
         ap.add_argument(f"--{stage}-steps", type=int)
         ap.add_argument(f"--{stage}-cfg-strength", type=float)
+    add_asset_arguments(ap)
     args = ap.parse_args(argv)
     overrides = {"ss_steps": args.ss_steps, "ss_cfg_strength": args.ss_cfg_strength,
                  "slat_steps": args.slat_steps, "slat_cfg_strength": args.slat_cfg_strength}
     try:
         # everything the user gave is checked before a model is loaded
+        assets = asset_options(args)
         if args.num_samples < 1:
             raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
         if args.image and args.text:
@@ -202,7 +208,7 @@ def main(argv=None) -> int:
                                                 text_encoder=args.text_encoder, search_roots=args.ckpt_root, **overrides)
         log = lambda msg: print(msg, file=sys.stderr, flush=True)
         results = generate(pipe, cond_model, kind, images=names, texts=texts,
-                           seeds=seeds, multi_image=args.multi_image, out_dir=args.out, log=log)
+                           seeds=seeds, multi_image=args.multi_image, out_dir=args.out, assets=assets, log=log)
     except (OSError, ValueError, KeyError) as e:
         print(f"trellis-jax generate: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2

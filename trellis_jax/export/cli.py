@@ -1,5 +1,6 @@
 """`trellis-jax export`: decode saved latents (latents.npz: coords [L,3], feats [L,8]) with a pipeline's
-Gaussian decoder and write gaussians.ply, voxels.ply, voxels.glb and preview.png.
+decoders and write gaussians.ply, voxels.ply, voxels.glb, preview.png, mesh.glb (textured from the
+Gaussians; only when the pipeline has a mesh decoder) and turntable.mp4.
 
     trellis-jax export --weights DIR --latents sample/latents.npz --out OUT
 
@@ -18,7 +19,8 @@ import numpy as np
 def main(argv=None) -> int:
     from trellis_jax.atomic import check_output_dir
     from trellis_jax.checkpoints import load_pipeline
-    from trellis_jax.export.asset import check_latents_fit, export_sample, read_latents
+    from trellis_jax.export.asset import (add_asset_arguments, asset_options, check_latents_fit, export_sample,
+                                          host_meshes, read_latents)
     from trellis_jax.sampling.pipeline import TrellisPipeline
 
     ap = argparse.ArgumentParser(prog="trellis-jax export", description=__doc__.splitlines()[0])
@@ -26,14 +28,17 @@ def main(argv=None) -> int:
     ap.add_argument("--latents", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--resolution", type=int, default=None, help="voxel grid (default: the decoder's)")
+    add_asset_arguments(ap)
     args = ap.parse_args(argv)
     try:
+        options = asset_options(args)
         coords, feats, _ = read_latents(args.latents)
         check_output_dir(args.out)
         loaded = load_pipeline(args.weights)
         if "slat_decoder_gs" not in loaded["models"]:
             raise ValueError(f"{Path(args.weights) / 'pipeline.json'}: no 'slat_decoder_gs' model to decode Gaussians with")
-        pipe = TrellisPipeline.from_checkpoint(loaded)
+        formats = ("gaussian",) + (("mesh",) if "slat_decoder_mesh" in loaded["models"] else ())
+        pipe = TrellisPipeline.from_checkpoint(loaded, formats=formats)
         dec = pipe.module("slat_decoder_gs")
         res = args.resolution or dec.resolution
         check_latents_fit(args.latents, coords, feats, res, dec.latent_channels)
@@ -44,7 +49,9 @@ def main(argv=None) -> int:
         mask = np.arange(cap)[None] < len(coords)
         out = {"coords": jnp.asarray(c), "mask": jnp.asarray(mask), "latents": jnp.asarray(f)}
         out.update(pipe.decode(pipe.params(), out["coords"], out["mask"], out["latents"], res))
-        files = export_sample(out, 0, args.out, res)
+        meshes = host_meshes(out)
+        log = lambda msg: print(msg, file=sys.stderr, flush=True)
+        files = export_sample(out, 0, args.out, res, mesh=None if meshes is None else meshes[0], options=options, log=log)
     except (OSError, ValueError, KeyError) as e:
         print(f"trellis-jax export: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2

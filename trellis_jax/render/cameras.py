@@ -37,3 +37,14 @@ def orbit_cameras(yaws, pitches, radius: float = 2.0, fov_deg: float = 40.0):
         ext.append(look_at(eye))
         intr.append(intrinsics_from_fov(np.deg2rad(fov_deg)))
     return np.stack(ext), np.stack(intr)
+
+
+def sphere_cameras(num_views: int, radius: float = 2.0, fov_deg: float = 40.0):
+    """Cameras spread evenly over the sphere around the origin (Hammersley points: yaw from i/n, the height
+    sin(pitch) from the base-2 radical inverse of i), as the reference's bake and visibility views.
+    Returns (extrinsics [N, 4, 4], intrinsics [N, 3, 3])."""
+    i = np.arange(num_views)
+    inverse = np.array([int(f"{k:032b}"[::-1], 2) / 2.0**32 for k in i])
+    yaw = 2 * np.pi * (i + 0.5) / num_views
+    pitch = np.arcsin(np.clip(2 * inverse - 1 + 1.0 / num_views, -1 + 1e-6, 1 - 1e-6))
+    return orbit_cameras(yaw, pitch, radius, fov_deg)

@@ -31,7 +31,7 @@ def turntable_cameras(num_frames: int, radius: float = 2.0, fov_deg: float = 40.
 
 
 @functools.partial(jax.jit, static_argnames=("resolution", "tile_capacity", "bin_capacity"))
-def _shade_mesh(vertices, faces, face_mask, colours, extrinsics, intrinsics, background, *, resolution, tile_capacity, bin_capacity):
+def _shade_mesh_view(vertices, faces, face_mask, colours, background, extrinsics, intrinsics, *, resolution, tile_capacity, bin_capacity):
     """One camera -> (colour [R, R, 3], normal [R, R, 3], overflow [], tile_load [2]), silhouettes antialiased."""
     ras = mesh_raster.rasterize_mesh(vertices, faces, face_mask, extrinsics[None], intrinsics[None], height=resolution,
                                      width=resolution, near=1.0, far=100.0, tile_capacity=tile_capacity,
@@ -48,41 +48,47 @@ def _pow2(n: int, floor: int) -> int:
     return max(floor, 1 << int(np.ceil(np.log2(max(n, 1)))))
 
 
-def render_mesh_views(vertices, faces, vertex_attrs, extrinsics, intrinsics, resolution: int, bg=(0.0, 0.0, 0.0),
-                      tile_capacity: int = 256, progress=None):
-    """Host mesh (vertices [n, 3], faces [m, 3], vertex_attrs [n, A] with RGB first, A may be 0) and
-    cameras -> uint8 (colour [V, R, R, 3] or None without colour, normal [V, R, R, 3]).
-
-    Shapes are padded to powers of two (few compilations). A view that overflows the tile capacities
-    is rendered again with capacities raised to the load it reported (kept for the later views)."""
+def padded_mesh(vertices, faces, vertex_values=()):
+    """Host mesh -> device (vertices [V', 3], faces [F', 3], face_mask [F'], *values [V', ·]) padded to powers
+    of two (few compiled shapes); padding faces are masked out, padding values are 0."""
     n, m = len(vertices), len(faces)
     vcap, fcap = _pow2(n, 1024), _pow2(m, 1024)
-    has_colour = vertex_attrs is not None and np.shape(vertex_attrs)[-1] >= 3
-    col = np.asarray(vertex_attrs, np.float32)[:, :3] if has_colour else np.zeros((n, 3), np.float32)
-    args = (
-        jnp.asarray(np.concatenate([np.asarray(vertices, np.float32), np.zeros((vcap - n, 3), np.float32)])),
-        jnp.asarray(np.concatenate([np.asarray(faces, np.int32), np.zeros((fcap - m, 3), np.int32)])),
-        jnp.asarray(np.arange(fcap) < m),
-        jnp.asarray(np.concatenate([col, np.zeros((vcap - n, 3), np.float32)])),
-    )
-    bg = jnp.asarray(bg, jnp.float32)
-    colours, normals = [], []
+    pad = lambda a, cap: np.concatenate([a, np.zeros((cap - len(a),) + a.shape[1:], a.dtype)])
+    return (jnp.asarray(pad(np.asarray(vertices, np.float32), vcap)), jnp.asarray(pad(np.asarray(faces, np.int32), fcap)),
+            jnp.asarray(np.arange(fcap) < m), *(jnp.asarray(pad(np.asarray(a, np.float32), vcap)) for a in vertex_values))
+
+
+def map_mesh_views(view_fn, args, extrinsics, intrinsics, resolution: int, tile_capacity: int = 256, progress=None) -> list:
+    """Run a jitted per-camera mesh function `view_fn(*args, E, K, resolution=, tile_capacity=, bin_capacity=)
+    -> (*outputs, overflow, tile_load)` over the cameras; returns each view's outputs. A view that overflows
+    the tile capacities is run again with capacities raised to the load it reported (kept for later views)."""
+    results = []
     views = list(zip(extrinsics, intrinsics))
     cap, bins = tile_capacity, None  # None: the rasteriser's default bin capacity
     for E, K in (progress(views) if progress else views):
         for attempt in range(2):
-            c, nrm, overflow, load = _shade_mesh(*args, jnp.asarray(E), jnp.asarray(K), bg, resolution=resolution,
-                                                 tile_capacity=cap, bin_capacity=bins)
+            *outputs, overflow, load = view_fn(*args, jnp.asarray(E), jnp.asarray(K), resolution=resolution,
+                                               tile_capacity=cap, bin_capacity=bins)
             if not bool(overflow):
                 break
             if attempt:
                 raise CapacityError(f"mesh rasterisation overflowed tile capacities ({cap}, {bins}) at {resolution}²")
             load = np.asarray(load)
             cap, bins = max(cap, _pow2(int(load[0]), 1)), max(bins or 0, _pow2(int(load[1]), 1))
-        colours.append(c)
-        normals.append(nrm)
+        results.append(outputs)
+    return results
+
+
+def render_mesh_views(vertices, faces, vertex_attrs, extrinsics, intrinsics, resolution: int, bg=(0.0, 0.0, 0.0),
+                      tile_capacity: int = 256, progress=None):
+    """Host mesh (vertices [n, 3], faces [m, 3], vertex_attrs [n, A] with RGB first, A may be 0) and
+    cameras -> uint8 (colour [V, R, R, 3] or None without colour, normal [V, R, R, 3])."""
+    has_colour = vertex_attrs is not None and np.shape(vertex_attrs)[-1] >= 3
+    col = np.asarray(vertex_attrs, np.float32)[:, :3] if has_colour else np.zeros((len(vertices), 3), np.float32)
+    args = (*padded_mesh(vertices, faces, (col,)), jnp.asarray(bg, jnp.float32))
+    views = map_mesh_views(_shade_mesh_view, args, extrinsics, intrinsics, resolution, tile_capacity, progress)
     to_u8 = lambda frames: (np.clip(np.stack([np.asarray(f) for f in frames]), 0, 1) * 255).astype(np.uint8)
-    return (to_u8(colours) if has_colour else None), to_u8(normals)
+    return (to_u8([c for c, _ in views]) if has_colour else None), to_u8([nrm for _, nrm in views])
 
 
 def turntable_frames(gaussians: dict | None = None, mesh: tuple | None = None, num_frames: int = 120,
