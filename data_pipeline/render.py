@@ -13,7 +13,8 @@ the top, as Blender's PNGs.
 rasteriser (`trellis_jax.render.mesh_raster`) that the mesh-decoder task and the eval render with:
 depth = camera-space z (0 off the asset); normal = the visible face's world-space unit normal, flipped
 to face the camera, mapped to [0, 1] (0 off the asset). Normals come from a flat, unlit pass whose
-face colours encode the face normals (8 bits per channel, i.e. ~0.008 per component).
+face colours encode the face normals (8 bits per channel, i.e. ~0.008 per component); pyrender
+multisamples colour, so a pixel that an edge between two faces crosses holds their blend (renormalised).
 
 CLI: python -m data_pipeline.render MESH --out DIR [--views 150] [--resolution 512] [--cond]
 writes DIR/000.png ... and DIR/cameras.npz (extrinsics [V,4,4], intrinsics [V,3,3], yaw/pitch/radius/fov).

@@ -161,3 +161,34 @@ def test_geometry_from_a_random_mesh_decoder():
     cd = float(metrics.chamfer_distance(jnp.asarray(pts), gt, ones(512), ones(300)))
     f = float(metrics.f_score(jnp.asarray(pts), gt, ones(512), ones(300), 0.05))
     assert 0 < cd < 1 and 0 <= f <= 1
+
+
+class _NoLPIPS:
+    def lpips(self, a, b):
+        return None
+
+
+def test_psnr_n_of_a_mesh_against_its_own_normal_renders():
+    """geometry_metrics: a mesh scored against normal renders of itself (stored as the records store them)
+    gives a very high PSNR-N; the same mesh squashed scores lower; no surface_points -> CD / F-score None."""
+    import ml_collections
+    import trimesh
+
+    from trellis_jax.data import schema
+    from trellis_jax.eval.reconstruction import geometry_metrics, ground_truth_normals, render_normals
+    from trellis_jax.render.cameras import orbit_cameras
+
+    mesh = trimesh.creation.icosphere(2, 0.35)
+    v, f = np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.int32)
+    ext, intr = orbit_cameras(np.deg2rad([0, 120, 240]), [0.3, -0.2, 0.6], 2.0, 40.0)
+    ext, intr = np.asarray(ext, np.float32), np.asarray(intr, np.float32)
+    gt = render_normals(v, f, ext, intr, 32)
+    assert gt.shape == (3, 32, 32, 3) and (gt.max(-1) > 0).mean() > 0.15
+    png, offsets = schema.pack_normals(gt)
+    arrays = {"views_normal_png": png, "views_normal_png_offsets": offsets}
+    np.testing.assert_allclose(ground_truth_normals(arrays, -1, 32), gt, atol=0.5 / 255 + 1e-6)
+    cfg = ml_collections.ConfigDict(dict(resolution=32, seed=0, surface_points=256, fscore_threshold=0.05))
+    same, images = geometry_metrics(v, f, arrays, ext, intr, _NoLPIPS(), cfg)
+    squashed, _ = geometry_metrics(v * np.float32([1.0, 1.0, 0.6]), f, arrays, ext, intr, _NoLPIPS(), cfg)
+    assert same["psnr_normal"] > 50 and squashed["psnr_normal"] < same["psnr_normal"] - 20
+    assert same["chamfer"] is None and same["lpips_normal"] is None and images["normal"].shape == (3, 32, 32, 3)
