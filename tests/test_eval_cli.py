@@ -47,26 +47,59 @@ def _lpips_weights(d):
     return d / "vgg16.npz", d / "lin.npz"
 
 
+def _tiny_checkpoints(d, resolution: int = 32):
+    """Random tiny encoder / Gaussian / mesh / RF decoders saved as official-layout checkpoints."""
+    import jax
+
+    from experiments.models.slat_vae import VARIANTS
+    from trellis_jax.checkpoints import save_model
+    from trellis_jax.eval.reconstruction import _random
+    from trellis_jax.models.registry import build_model
+
+    out = {}
+    for i, (key, variant) in enumerate([("encoder", "tiny_enc"), ("decoder_gs", "tiny_dec_gs"), ("decoder_mesh", "tiny_dec_mesh"),
+                                        ("decoder_rf", "tiny_dec_rf")]):
+        name, cls, args = VARIANTS[variant]
+        args = dict(args, resolution=resolution)
+        save_model(d / name, cls, args, _random(build_model(cls, args), i))
+        out[key] = str(d / name)
+    return out
+
+
 @pytest.mark.slow
 def test_reconstruction_eval_writes_table_json_csv_grids(dataset, tmp_path, capsys):
+    """Gaussian, mesh and RF decoders (random tiny checkpoints) on the built dataset: every column of the
+    table is computed (PSNR-N against the records' normal renders), the RF decoder is its own row."""
     vgg, lin = _lpips_weights(tmp_path)
+    ck = _tiny_checkpoints(tmp_path)
     w = tmp_path / "w"
-    rc = cli.main(["--config", RECON, "--workdir", str(w), f"--config.data={dataset}", "--config.checkpoints.encoder=",
-                   "--config.checkpoints.decoder_gs=", f"--config.networks.lpips_backbone={vgg}", f"--config.networks.lpips_linear={lin}"])
+    rc = cli.main(["--config", RECON, "--workdir", str(w), f"--config.data={dataset}", f"--config.networks.lpips_backbone={vgg}",
+                   f"--config.networks.lpips_linear={lin}"] + [f"--config.checkpoints.{k}={v}" for k, v in ck.items()])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "| Method | PSNR ↑ | SSIM ↑ | LPIPS ↓" in out and "MEANINGLESS" in out and "SLat VAE under test" in out
+    assert "| Method | PSNR ↑ | SSIM ↑ | LPIPS ↓" in out and "MEANINGLESS" in out and "(radiance-field decoder)" in out
     m = json.loads((w / "metrics.json").read_text())
-    assert m["meaningful"] is False and len(m["per_asset"]) == 2
+    assert m["meaningful"] is False and len(m["per_asset"]) == 2 and m["tasks"]["reconstruction"]["notes"] == []
     agg = m["tasks"]["reconstruction"]["aggregate"]
-    assert np.isfinite(agg["psnr"]) and 0 < agg["ssim"] <= 1 and agg["lpips"] > 0 and agg["chamfer"] is None
+    assert np.isfinite(agg["psnr"]) and 0 < agg["ssim"] <= 1 and agg["lpips"] > 0
+    assert agg["chamfer"] > 0 and 0 <= agg["f_score"] <= 1 and np.isfinite(agg["psnr_normal"]) and agg["lpips_normal"] > 0
+    assert np.isfinite(agg["rf_psnr"]) and 0 < agg["rf_ssim"] <= 1 and agg["rf_lpips"] > 0
     np.testing.assert_allclose(agg["psnr"], np.mean([r["psnr"] for r in m["per_asset"]]))
+    np.testing.assert_allclose(agg["psnr_normal"], np.mean([r["psnr_normal"] for r in m["per_asset"]]))
     rows = list(csv.DictReader(open(w / "metrics.csv")))
     assert [r["id"] for r in rows] == [r["id"] for r in m["per_asset"]]
-    assert [float(r["psnr"]) for r in rows] == pytest.approx([r["psnr"] for r in m["per_asset"]])
-    assert rows[0]["chamfer"] == ""  # not computed: empty, never a made-up number
+    assert [float(r["psnr_normal"]) for r in rows] == pytest.approx([r["psnr_normal"] for r in m["per_asset"]])
     grid = np.asarray(Image.open(w / "grids" / f"{rows[0]['id']}.png"))
-    assert grid.shape == (4 * 64, 2 * 64, 3)  # 4 views x (ground truth | reconstruction)
+    assert grid.shape == (4 * 64, 5 * 64, 3)  # 4 views x (GT | Gaussians | RF | GT normals | mesh normals)
+
+
+def test_reconstruction_notes_say_why_columns_are_missing():
+    from types import SimpleNamespace
+
+    notes = cli.reconstruction_notes(SimpleNamespace(decoder_mesh=None, decoder_rf=None), [({}, {"surface_points": 1})])
+    assert any("no mesh decoder" in n for n in notes) and any("no RF decoder" in n for n in notes)
+    notes = cli.reconstruction_notes(SimpleNamespace(decoder_mesh=object(), decoder_rf=object()), [({}, {})])
+    assert any("no surface_points" in n for n in notes) and any("no normal renders" in n for n in notes)
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
         decoder_mesh="",     # CD / F-score (records' `surface_points`) and PSNR-N / LPIPS-N (records' normal renders)
         decoder_rf="",       # a second appearance row: the radiance-field decoder's PSNR / SSIM / LPIPS
     ))
-    c.rf_sample_capacity = 256   # occupied samples per ray of the RF renders (an overflow is an error)
+    c.rf_sample_capacity = 256   # occupied samples per ray of the RF renders (raised to what a ray needed on overflow)
     c.rf_ray_chunk = 4096
     c.fscore_threshold = 0.05    # the threshold is not in the paper's text we have; 0.05 of the unit cube is the common choice
     c.surface_points = 2048 if variant == "tiny" else 20000

@@ -169,14 +169,17 @@ class SLatAutoencoder:
 
     def render_rf(self, latent, extrinsics: np.ndarray, intrinsics: np.ndarray, resolution: int, background,
                   sample_capacity: int, ray_chunk: int) -> np.ndarray:
-        """The radiance-field decoder's renders f32 [V, R, R, 3] over `background` at the given views."""
+        """The radiance-field decoder's renders f32 [V, R, R, 3] over `background` at the given views; when a
+        ray holds more occupied samples than `sample_capacity`, it is re-rendered with the capacity it needed."""
         field = self._decode_rf(self.decoder_rf[1], latent)
         if not all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(field)):
             raise ValueError("the decoded radiance field holds NaN/Inf values")
-        rgb, overflow = self._render_rf(field, jnp.asarray(extrinsics), jnp.asarray(intrinsics),
-                                        jnp.asarray(background, jnp.float32), resolution, sample_capacity, ray_chunk)
+        args = (jnp.asarray(extrinsics), jnp.asarray(intrinsics), jnp.asarray(background, jnp.float32), resolution)
+        rgb, overflow, need = self._render_rf(field, *args, sample_capacity, ray_chunk)
         if np.asarray(overflow).any():
-            raise ValueError(f"radiance-field rays exceed rf_sample_capacity={sample_capacity}; raise it")
+            rgb, overflow, need = self._render_rf(field, *args, _bucket(int(np.max(need))), ray_chunk)
+        if np.asarray(overflow).any():
+            raise ValueError(f"radiance-field rays still overflow at {_bucket(int(np.max(need)))} samples per ray")
         return np.asarray(rgb)
 
     @functools.cached_property
@@ -191,7 +194,7 @@ class SLatAutoencoder:
             one = jax.tree.map(lambda x: x[0], field)
             r = jax.lax.map(lambda ek: render_radiance_field(one, ek[0], ek[1], bg, height=resolution, width=resolution,
                                                              sample_capacity=sample_capacity, ray_chunk=ray_chunk), (ext, intr))
-            return jnp.clip(r.rgb, 0.0, 1.0), r.overflow
+            return jnp.clip(r.rgb, 0.0, 1.0), r.overflow, r.max_samples
 
         return jax.jit(run, static_argnums=(4, 5, 6))
 
