@@ -27,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.cond_resolution = 1024
     c.store_views = -1  # rendered views kept in the record as PNG (-1 all, 0 none)
     c.store_cond_views = -1
+    c.store_depth_normal = True  # the stored views' depth (16-bit PNG) and normal (8-bit PNG) maps (mesh decoder, eval)
     c.voxel_resolution = 64
     c.encoder = "dinov2_vitl14_reg"  # or 'tiny' (random 1-layer stand-in)
     c.encoder_weights = ml_collections.FieldReference(None, field_type=str)  # HF-format DINOv2 dir

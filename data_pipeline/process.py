@@ -79,7 +79,8 @@ class AssetProcessor:
         rng = asset_rng(cfg.seed, entry["id"])
         views = cameras.render_views(cfg.num_views, rng)
         cond = cameras.cond_views(max(cfg.num_cond_views, 0), rng)
-        rendered = self._timed("render", render_asset, self.renderer(cfg.resolution), asset, views)
+        rendered = self._timed("render", render_asset, self.renderer(cfg.resolution), asset, views,
+                               geometry=bool(cfg.get("store_depth_normal", True)) and cfg.store_views != 0)
         cond_rendered = (self._timed("render_cond", render_asset, self.renderer(cfg.cond_resolution), asset, cond)
                          if cfg.num_cond_views > 0 else None)
         vertices, faces = asset.geometry()
@@ -117,12 +118,17 @@ class AssetProcessor:
                     continue
                 arrays[f"{prefix}_png"], arrays[f"{prefix}_png_offsets"] = schema.pack_pngs(imgs)
                 arrays[f"{prefix}_extrinsics"], arrays[f"{prefix}_intrinsics"] = ext, intr
+                if "depth" in r:
+                    arrays[f"{prefix}_depth_png"], arrays[f"{prefix}_depth_png_offsets"] = schema.pack_depth(r["depth"][:len(imgs)])
+                    arrays[f"{prefix}_normal_png"], arrays[f"{prefix}_normal_png_offsets"] = schema.pack_normals(r["normal"][:len(imgs)])
             if surface is not None:
                 arrays["surface_points"] = surface
             meta = {"id": entry["id"], "captions": list(entry.get("captions", [])), "source": path,
                     "resolution": int(cfg.voxel_resolution), "num_voxels": int(len(coords)),
                     "scale": float(asset.scale), "offset": [float(x) for x in asset.offset],
                     "feature_model": self.encoder.name, "warnings": list(asset.warnings)}
+            if "depth" in rendered:
+                meta["depth_scale"] = schema.DEPTH_SCALE
             return schema.encode(meta, arrays)
 
         return self._timed("encode_record", _encode)

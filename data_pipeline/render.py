@@ -9,6 +9,13 @@ Shading therefore differs from Cycles (no global illumination); geometry, framin
 Images are uint8 RGBA with straight (not premultiplied) alpha and a transparent background, row 0 at
 the top, as Blender's PNGs.
 
+`render_geometry` gives the same views' depth and normal maps, in the conventions of the pure-JAX
+rasteriser (`trellis_jax.render.mesh_raster`) that the mesh-decoder task and the eval render with:
+depth = camera-space z (0 off the asset); normal = the visible face's world-space unit normal, flipped
+to face the camera, mapped to [0, 1] (0 off the asset). Normals come from a flat, unlit pass whose
+face colours encode the face normals (8 bits per channel, i.e. ~0.008 per component); pyrender
+multisamples colour, so a pixel that an edge between two faces crosses holds their blend (renormalised).
+
 CLI: python -m data_pipeline.render MESH --out DIR [--views 150] [--resolution 512] [--cond]
 writes DIR/000.png ... and DIR/cameras.npz (extrinsics [V,4,4], intrinsics [V,3,3], yaw/pitch/radius/fov).
 """
@@ -110,11 +117,13 @@ class Renderer:
     def __exit__(self, *exc):
         self.close()
 
-    def _scene(self, asset: Asset):
+    def _scene(self, asset: Asset, lights: bool = True):
         pr = self._pyrender
         scene = pr.Scene(bg_color=np.zeros(4), ambient_light=np.full(3, 0.25))
         for m in asset.meshes:
             scene.add(pr.Mesh.from_trimesh(m, smooth=False))
+        if not lights:
+            return scene
         key = np.eye(4)
         key[:3, 3] = (4.0, 1.0, 6.0)
         scene.add(pr.PointLight(color=np.ones(3), intensity=110.0), pose=key)
@@ -123,10 +132,10 @@ class Renderer:
         scene.add(pr.DirectionalLight(color=np.ones(3), intensity=0.6), pose=below)
         return scene
 
-    def _views(self, asset: Asset, extrinsics: np.ndarray, intrinsics: np.ndarray, flags):
+    def _views(self, asset: Asset, extrinsics: np.ndarray, intrinsics: np.ndarray, flags, lights: bool = True):
         """pyrender's (colour, depth) for each (world->cam OpenCV, normalised K) view, in order."""
         pr = self._pyrender
-        scene = self._scene(asset)
+        scene = self._scene(asset, lights)
         res = self.resolution
         cam_node = None
         for pose, k in zip(cameras.opengl_c2w_from_extrinsics(extrinsics), intrinsics):
@@ -141,6 +150,25 @@ class Renderer:
         """RGBA uint8 [V, R, R, 4] of the asset seen by each (world->cam OpenCV, normalised K) view."""
         views = self._views(asset, extrinsics, intrinsics, self._pyrender.RenderFlags.RGBA)
         return np.stack([_unpremultiply(color) for color, _ in views])
+
+    def render_geometry(self, asset: Asset, extrinsics: np.ndarray, intrinsics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(depth f32 [V, R, R], normal f32 [V, R, R, 3] in [0, 1]) of each view (see the module docstring)."""
+        pr = self._pyrender
+        import trimesh
+
+        vertices, faces = asset.geometry()
+        tri = trimesh.Trimesh(vertices, faces, process=False)
+        n = np.asarray(tri.face_normals, np.float64)
+        colours = np.concatenate([np.clip(np.rint((n + 1) * 127.5), 0, 255), np.full((len(n), 1), 255)], 1)
+        tri.visual = trimesh.visual.ColorVisuals(tri, face_colors=colours.astype(np.uint8))
+        flat = Asset([tri], asset.scale, asset.offset, asset.source)
+        flags = pr.RenderFlags.FLAT | pr.RenderFlags.RGBA
+        depth, normal = [], []
+        for (color, z), E, K in zip(self._views(flat, extrinsics, intrinsics, flags, lights=False), extrinsics, intrinsics):
+            z = np.asarray(z, np.float32)
+            depth.append(z)
+            normal.append(_decode_normals(color, z > 0, E, K))
+        return np.stack(depth), np.stack(normal)
 
     def render_depth(self, asset: Asset, extrinsics: np.ndarray, intrinsics: np.ndarray) -> np.ndarray:
         """Camera-space depth f32 [V, R, R] (0 where no surface) of each view, without multisampling."""
@@ -157,11 +185,28 @@ def _unpremultiply(rgba: np.ndarray) -> np.ndarray:
     return np.concatenate([rgb.astype(np.uint8), rgba[..., 3:4]], axis=-1)
 
 
-def render_asset(renderer: Renderer, asset: Asset, views: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Render the given (yaw, pitch, radius, fov) views -> {'images', 'extrinsics', 'intrinsics'}."""
+def _decode_normals(rgba: np.ndarray, covered: np.ndarray, E: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Flat-pass colours [R, R, 4] uint8 -> world normals facing the camera, in [0, 1] [R, R, 3] (0 where
+    not covered). Edge pixels blend with the background under multisampling and are renormalised."""
+    res = rgba.shape[0]
+    alpha = np.maximum(rgba[..., 3:4].astype(np.float64), 1.0)
+    n = rgba[..., :3].astype(np.float64) / alpha * 2.0 - 1.0
+    n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-8)
+    jj, ii = np.meshgrid((np.arange(res) + 0.5) / res, (np.arange(res) + 0.5) / res)
+    ray = np.stack([(jj - K[0, 2]) / K[0, 0], (ii - K[1, 2]) / K[1, 1], np.ones_like(jj)], -1) @ np.asarray(E, np.float64)[:3, :3]
+    n = np.where(np.sum(n * ray, -1, keepdims=True) > 0, -n, n)
+    return np.where(covered[..., None], (n + 1) / 2, 0.0).astype(np.float32)
+
+
+def render_asset(renderer: Renderer, asset: Asset, views: dict[str, np.ndarray], geometry: bool = False) -> dict[str, np.ndarray]:
+    """Render the given (yaw, pitch, radius, fov) views -> {'images', 'extrinsics', 'intrinsics'}
+    (+ 'depth' [V, R, R], 'normal' [V, R, R, 3] with `geometry`; see `Renderer.render_geometry`)."""
     ext = cameras.extrinsics_from_views(views)
     intr = cameras.intrinsics_from_fov(views["fov"])
-    return {"images": renderer.render(asset, ext, intr), "extrinsics": ext, "intrinsics": intr}
+    out = {"images": renderer.render(asset, ext, intr), "extrinsics": ext, "intrinsics": intr}
+    if geometry:
+        out["depth"], out["normal"] = renderer.render_geometry(asset, ext, intr)
+    return out
 
 
 def main(argv=None):

@@ -67,6 +67,16 @@ def test_build_writes_records_and_failures(built):
     assert len(a["cond_png_offsets"]) == 5 and a["cond_intrinsics"].shape == (4, 3, 3)
     img = schema.unpack_png(a["views_png"], a["views_png_offsets"], 2)
     assert img.shape == (64, 64, 4) and img[..., 3].max() == 255
+    # per stored view: depth (camera z, 0 off the asset) and normal maps, covering what the RGBA alpha covers
+    depth = schema.unpack_depth(a["views_depth_png"], a["views_depth_png_offsets"], 2, meta["depth_scale"])
+    normal = schema.unpack_normal(a["views_normal_png"], a["views_normal_png_offsets"], 2)
+    assert len(a["views_depth_png_offsets"]) == len(a["views_normal_png_offsets"]) == 5
+    assert depth.shape == (64, 64) and normal.shape == (64, 64, 3)
+    covered = depth > 0
+    assert np.mean(covered == (img[..., 3] >= 128)) > 0.97 and (normal[~covered] == 0).all()
+    assert 2 - np.sqrt(3) / 2 - 0.01 < depth[covered].min() and depth.max() < 2 + np.sqrt(3) / 2 + 0.01  # radius-2 views
+    n = normal[covered] * 2 - 1
+    assert np.allclose(np.linalg.norm(n, axis=-1), 1, atol=0.02)
     pts = a["surface_points"]  # ground-truth surface samples: on the surface, so inside the surface voxels (±1)
     assert pts.shape == (2048, 3) and pts.dtype == np.float32 and np.abs(pts).max() <= 0.5 + 1e-6
     res = meta["resolution"]

@@ -16,7 +16,7 @@ def decoder_config(task: str, decoder_variant: str, variant: str) -> ml_collecti
     c.model.encoder_checkpoint = ""
     c.loss = ml_collections.ConfigDict(dict(ssim_weight=0.2))
     c.data = ml_collections.ConfigDict(dict(kind="grain", path="", worker_count=4, synthetic_seed=0, max_corrupt_records=0,
-                                            capacity=32768))
+                                            capacity=32768, views_per_asset=1))  # views per asset per step (grain)
     c.render = ml_collections.ConfigDict(dict(image_size=512))
     c.batch_size = 128                 # reference: 4 per GPU; GPU count unpublished (32 assumed)
     if variant == "tiny":

@@ -10,6 +10,11 @@ Per stage, batches hold (B = batch_size, shapes static for a given bucket):
   slat_vae   coords [B, L, 3] int32, feats [B, L, 1024] float32, mask [B, L] bool (SparseTensor layout,
              valid rows first) + one random render per asset: image [B, R, R, 3] float32 in [0,1]
              (straight colour), alpha [B, R, R], extrinsics [B, 4, 4], intrinsics [B, 3, 3]
+  rf_decoder coords/feats/mask as slat_vae (feats = the voxel DINO features the frozen encoder takes) +
+             `views_per_asset` (K) random distinct stored views per asset: image [B, K, R, R, 3], alpha [B, K, R, R],
+             extrinsics [B, K, 4, 4], intrinsics [B, K, 3, 3]
+  mesh_decoder as rf_decoder, + depth [B, K, R, R] (camera z, 0 off the asset) and normal [B, K, R, R, 3]
+             (world, facing the camera, in [0, 1]) from the record's views_depth_png / views_normal_png
   ss_flow    ss_latent [B, 16, 16, 16, 8] float32 (+ condition)
   slat_flow  coords/feats/mask with feats = normalised SLat latents [B, L, 8] (+ condition)
 Condition (`cond=`): 'image' -> cond_image [B, 518, 518, 3] (random condition view, cropped around
@@ -42,10 +47,14 @@ from PIL import Image
 from trellis_jax.data import schema, shards
 from trellis_jax.slat_normalization import SLAT_MEAN, SLAT_STD
 
-STAGES = ("ss_vae", "slat_vae", "ss_flow", "slat_flow")
+STAGES = ("ss_vae", "slat_vae", "rf_decoder", "mesh_decoder", "ss_flow", "slat_flow")
+_VIEW_FIELDS = ("views_png", "views_png_offsets", "views_extrinsics", "views_intrinsics")
+_GEOMETRY_FIELDS = ("views_depth_png", "views_depth_png_offsets", "views_normal_png", "views_normal_png_offsets")
 _STAGE_FIELDS = {
     "ss_vae": ("coords",),
-    "slat_vae": ("coords", "features", "views_png", "views_png_offsets", "views_extrinsics", "views_intrinsics"),
+    "slat_vae": ("coords", "features") + _VIEW_FIELDS,
+    "rf_decoder": ("coords", "features") + _VIEW_FIELDS,
+    "mesh_decoder": ("coords", "features") + _VIEW_FIELDS + _GEOMETRY_FIELDS,
     "ss_flow": ("ss_latent",),
     "slat_flow": ("coords", "slat"),
 }
@@ -57,10 +66,14 @@ class RecordSource(grain.sources.RandomAccessDataSource):
     """Decoded records over shards; wraps grain's ArrayRecordDataSource.
 
     Each element is a dict: the record's arrays restricted to `fields` (all when None) plus
-    'id' (str), 'captions' (list[str]) and 'num_voxels' (int). Errors name shard and local index."""
+    'id' (str), 'captions' (list[str]), 'num_voxels' (int) and 'depth_scale' (float, 0 when absent). Errors
+    name shard and local index; a record lacking one of `required` (e.g. depth maps for the mesh decoder,
+    in a dataset built before they were stored) is a ShardError, never skipped."""
 
-    def __init__(self, paths: Sequence[str], fields: Sequence[str] | None = None, max_corrupt_records: int = 0):
+    def __init__(self, paths: Sequence[str], fields: Sequence[str] | None = None, max_corrupt_records: int = 0,
+                 required: Sequence[str] = ()):
         self.max_corrupt_records = int(max_corrupt_records)
+        self._required = tuple(required)
         self.skipped: list[tuple[str, int]] = []
         self._paths = [str(p) for p in paths]
         if not self._paths:
@@ -105,8 +118,14 @@ class RecordSource(grain.sources.RandomAccessDataSource):
             meta, arrays = schema.decode(buf, fields=self._fields)
         except schema.RecordError as e:
             return self._corrupt(index, f": {e}", e)
+        missing = [k for k in self._required if k not in arrays]
+        if missing:
+            path, local = self.locate(index)
+            raise shards.ShardError(f"{path}: record {local} ({meta['id']!r}) lacks {', '.join(missing)}; rebuild the "
+                                    f"dataset with build-data (store_depth_normal=True) to train or evaluate on it")
         return {**arrays, "id": meta["id"], "captions": list(meta.get("captions", [])),
-                "num_voxels": int(meta.get("num_voxels", len(arrays.get("coords", ()))))}
+                "num_voxels": int(meta.get("num_voxels", len(arrays.get("coords", ())))),
+                "depth_scale": float(meta.get("depth_scale", 0.0))}
 
     def __repr__(self):
         return f"RecordSource({len(self._paths)} shards, {len(self)} records)"
@@ -191,6 +210,43 @@ class RandomRenderView(grain.transforms.RandomMap):
         out = {k: v_ for k, v_ in element.items() if not k.startswith("views_")}
         out.update(image=x[..., :3], alpha=x[..., 3], extrinsics=np.asarray(element["views_extrinsics"][v], np.float32),
                    intrinsics=np.asarray(element["views_intrinsics"][v], np.float32))
+        return out
+
+
+def _resize(x: np.ndarray, size: int | None, resample) -> np.ndarray:
+    if not size or x.shape[0] == size:
+        return x
+    return np.asarray(Image.fromarray(x).resize((size, size), resample))
+
+
+class RandomViews(grain.transforms.RandomMap):
+    """`count` distinct random stored views (decoder supervision), stacked on a leading axis: image
+    [K,R,R,3], alpha [K,R,R], extrinsics [K,4,4], intrinsics [K,3,3] (+ depth [K,R,R], normal [K,R,R,3]
+    with `geometry`; resized nearest-neighbour, so no depth is blended across a silhouette)."""
+
+    def __init__(self, count: int, image_size: int | None = None, geometry: bool = False):
+        if count < 1:
+            raise ValueError(f"views_per_asset must be >= 1, got {count}")
+        self.count, self.image_size, self.geometry = int(count), image_size, geometry
+
+    def random_map(self, element, rng: np.random.Generator):
+        n = len(element["views_png_offsets"]) - 1
+        if n < self.count:
+            raise ValueError(f"asset {element['id']!r} has {n} stored render views, fewer than views_per_asset={self.count}")
+        picks = rng.choice(n, self.count, replace=False)
+        rgba = np.stack([_resize(_decode_png(element, "views", int(v)), self.image_size, Image.Resampling.LANCZOS)
+                         for v in picks]).astype(np.float32) / 255.0
+        out = {k: v_ for k, v_ in element.items() if not k.startswith("views_")}
+        out.update(image=rgba[..., :3], alpha=rgba[..., 3],
+                   extrinsics=np.asarray(element["views_extrinsics"][picks], np.float32),
+                   intrinsics=np.asarray(element["views_intrinsics"][picks], np.float32))
+        if self.geometry:
+            d, o = element["views_depth_png"], element["views_depth_png_offsets"]
+            q = [_resize(schema.unpack_png(d, o, int(v), mode=None), self.image_size, Image.Resampling.NEAREST) for v in picks]
+            out["depth"] = np.stack(q).astype(np.float32) * np.float32(element["depth_scale"])
+            d, o = element["views_normal_png"], element["views_normal_png_offsets"]
+            nrm = [_resize(schema.unpack_png(d, o, int(v), mode="RGB"), self.image_size, Image.Resampling.NEAREST) for v in picks]
+            out["normal"] = np.stack(nrm).astype(np.float32) / 255.0
         return out
 
 
@@ -287,7 +343,7 @@ def make_loader(data: str | Sequence[str], stage: str, *, batch_size: int, cond:
                 buckets: Sequence[int] = (4096, 8192, 16384, 32768), max_voxels: int = 32768,
                 resolution: int = 64, render_size: int | None = None, cond_image_size: int = 518,
                 slat_normalization: tuple[np.ndarray, np.ndarray] | None = (np.array(SLAT_MEAN, np.float32), np.array(SLAT_STD, np.float32)),
-                shuffle: bool = True, seed: int = 0, num_epochs: int | None = None, worker_count: int = 0,
+                views_per_asset: int = 1, shuffle: bool = True, seed: int = 0, num_epochs: int | None = None, worker_count: int = 0,
                 worker_buffer_size: int = 2, shard_index: int | None = None, shard_count: int | None = None,
                 drop_remainder: bool = True, max_corrupt_records: int = 0) -> grain.DataLoader:
     """A grain DataLoader giving batches for `stage` (see module docstring). `data`: dataset dir or
@@ -300,7 +356,7 @@ def make_loader(data: str | Sequence[str], stage: str, *, batch_size: int, cond:
     if not paths:
         raise FileNotFoundError(f"no committed shards under {data}")
     fields = _STAGE_FIELDS[stage] + (_COND_FIELDS if cond == "image" else ())
-    source = RecordSource(paths, fields, max_corrupt_records)
+    source = RecordSource(paths, fields, max_corrupt_records, required=_GEOMETRY_FIELDS if stage == "mesh_decoder" else ())
     if shard_index is None or shard_count is None:
         import jax
 
@@ -309,22 +365,27 @@ def make_loader(data: str | Sequence[str], stage: str, *, batch_size: int, cond:
         num_records=len(source), shard_options=grain.sharding.ShardOptions(shard_index, shard_count, drop_remainder=True),
         shuffle=shuffle, num_epochs=num_epochs, seed=seed)
     ops: list = [DropCorrupt()] if max_corrupt_records > 0 else []
-    sparse = stage in ("slat_vae", "slat_flow")
+    decoder = stage in ("rf_decoder", "mesh_decoder")
+    sparse = stage in ("slat_vae", "slat_flow") or decoder
     if sparse:
         ops.append(MaxVoxels(min(max_voxels, max(buckets))))
     if stage == "ss_vae":
         ops.append(OccupancyGrid(resolution))
     elif stage == "slat_vae":
         ops.append(RandomRenderView(render_size))
+    elif decoder:
+        ops.append(RandomViews(views_per_asset, render_size, geometry=stage == "mesh_decoder"))
     if cond is not None:
         ops.append(RandomCondition(cond, cond_image_size))
     keys = {"ss_vae": ("occupancy",), "slat_vae": ("coords", "features", "image", "alpha", "extrinsics", "intrinsics"),
+            "rf_decoder": ("coords", "features", "image", "alpha", "extrinsics", "intrinsics"),
+            "mesh_decoder": ("coords", "features", "image", "alpha", "extrinsics", "intrinsics", "depth", "normal"),
             "ss_flow": ("ss_latent",), "slat_flow": ("coords", "slat")}[stage]
     keys += {"image": ("cond_image",), "text": ("caption",), None: ()}[cond]
     ops.append(Select(keys))
     if sparse:
         mean, std = slat_normalization if (stage == "slat_flow" and slat_normalization is not None) else (None, None)
-        ops.append(SparseFeatures("features" if stage == "slat_vae" else "slat", mean, std,
+        ops.append(SparseFeatures("slat" if stage == "slat_flow" else "features", mean, std,
                                   keep=tuple(k for k in keys if k not in ("coords", "features", "slat"))))
         ops.append(grain.transforms.Batch(batch_size, drop_remainder=drop_remainder, batch_fn=PadSparseBatch(buckets)))
     else:

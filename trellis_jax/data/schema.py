@@ -19,6 +19,7 @@ meta (JSON):
   num_voxels    int        L
   scale, offset float, [3] normalisation: world = (file_z_up + offset) * scale
   feature_model str        image encoder that produced `features` (e.g. 'dinov2_vitl14_reg', 'tiny')
+  depth_scale   float      metres (world units) per step of the 16-bit depth PNGs (with views_depth_png)
 arrays:
   coords            uint8   [L, 3]   surface-voxel indices (x, y, z), sorted, unique
   features          float16 [L, C]   mean DINOv2 patch tokens (C = 1024 for ViT-L)
@@ -26,6 +27,10 @@ arrays:
   views_png_offsets int64   [V + 1]  byte offsets of each PNG inside views_png
   views_extrinsics  float32 [V, 4, 4] world->camera (OpenCV)
   views_intrinsics  float32 [V, 3, 3] normalised intrinsics
+  views_depth_png, views_depth_png_offsets   uint8 [B'], int64 [V + 1]  (optional) per stored view, camera-space
+                    depth as 16-bit grayscale PNG: depth = value * meta['depth_scale'] (0 = no surface)
+  views_normal_png, views_normal_png_offsets uint8 [B''], int64 [V + 1] (optional) per stored view, the world
+                    normal of the visible face, facing the camera, mapped to [0, 1], as 8-bit RGB PNG (0 off the asset)
   cond_png, cond_png_offsets, cond_extrinsics, cond_intrinsics: the same for the condition renders
   surface_points    float32 [P, 3]   area-uniform samples of the normalised mesh surface (optional; the ground truth
                                      of the eval's Chamfer distance / F-score; P = build config `surface_points`)
@@ -49,7 +54,8 @@ _PREFIX = struct.Struct("<4sHI")
 
 REQUIRED_META = ("id",)
 REQUIRED_ARRAYS = ("coords", "features")
-OPTIONAL_ARRAYS = ("views_png", "views_png_offsets", "views_extrinsics", "views_intrinsics", "cond_png",
+OPTIONAL_ARRAYS = ("views_png", "views_png_offsets", "views_extrinsics", "views_intrinsics", "views_depth_png",
+                   "views_depth_png_offsets", "views_normal_png", "views_normal_png_offsets", "cond_png",
                    "cond_png_offsets", "cond_extrinsics", "cond_intrinsics", "surface_points", "ss_latent", "slat")
 
 
@@ -119,9 +125,12 @@ def decode(buf: bytes, *, fields: tuple[str, ...] | None = None) -> tuple[dict[s
 
 
 # ---------------------------------------------------------------------------- image packing
+DEPTH_SCALE = 4.0 / 65535  # depth PNG step: camera z up to 4 (the views sit at radius 2 of a unit cube)
+
+
 def pack_pngs(images: np.ndarray, threads: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """RGBA uint8 [V, H, W, 4] -> (PNG bytes uint8 [B], offsets int64 [V + 1]). zlib releases the
-    GIL, so images are encoded on a thread pool."""
+    """Images [V, H, W, 4|3] uint8 or [V, H, W] uint16 -> (PNG bytes uint8 [B], offsets int64 [V + 1]).
+    zlib releases the GIL, so images are encoded on a thread pool."""
     from concurrent.futures import ThreadPoolExecutor
 
     from PIL import Image
@@ -139,11 +148,37 @@ def pack_pngs(images: np.ndarray, threads: int = 8) -> tuple[np.ndarray, np.ndar
     return data, offsets
 
 
-def unpack_png(data: np.ndarray, offsets: np.ndarray, index: int) -> np.ndarray:
-    """One image (RGBA uint8 [H, W, 4]) out of a packed PNG array."""
+def unpack_png(data: np.ndarray, offsets: np.ndarray, index: int, mode: str | None = "RGBA") -> np.ndarray:
+    """One image out of a packed PNG array: converted to `mode` (RGBA uint8 [H, W, 4] by default), or
+    as stored with mode=None (e.g. uint16 [H, W] for depth)."""
     from PIL import Image
 
     if not 0 <= index < len(offsets) - 1:
         raise IndexError(f"image {index} out of range ({len(offsets) - 1} images)")
     blob = data[offsets[index]:offsets[index + 1]].tobytes()
-    return np.asarray(Image.open(io.BytesIO(blob)).convert("RGBA"))
+    img = Image.open(io.BytesIO(blob))
+    if mode is None:
+        arr = np.asarray(img)
+        return arr.astype(np.uint16) if img.mode.startswith("I") else arr
+    return np.asarray(img.convert(mode))
+
+
+def pack_depth(depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Camera-space depth f32 [V, H, W] (0 = none) -> 16-bit PNGs in steps of DEPTH_SCALE."""
+    q = np.clip(np.rint(np.asarray(depth, np.float64) / DEPTH_SCALE), 0, 65535).astype(np.uint16)
+    return pack_pngs(q)
+
+
+def unpack_depth(data: np.ndarray, offsets: np.ndarray, index: int, scale: float) -> np.ndarray:
+    """One depth map f32 [H, W] out of `pack_depth`'s PNGs (`scale`: the record's meta['depth_scale'])."""
+    return unpack_png(data, offsets, index, mode=None).astype(np.float32) * np.float32(scale)
+
+
+def pack_normals(normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Normal maps f32 [V, H, W, 3] in [0, 1] -> 8-bit RGB PNGs."""
+    return pack_pngs(np.clip(np.rint(np.asarray(normal) * 255.0), 0, 255).astype(np.uint8))
+
+
+def unpack_normal(data: np.ndarray, offsets: np.ndarray, index: int) -> np.ndarray:
+    """One normal map f32 [H, W, 3] in [0, 1] out of `pack_normals`'s PNGs."""
+    return unpack_png(data, offsets, index, mode="RGB").astype(np.float32) / 255.0

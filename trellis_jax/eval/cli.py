@@ -6,8 +6,11 @@
 Reads the held-out records of a `build-data` dataset (`config.data`), runs the config's tasks
 (reconstruction: SLat VAE encode/decode/render; generation: sample a pipeline directory on the records'
 prompts) and writes into W: metrics.json (config, per-task aggregates, per-asset rows, which metric
-networks were random), metrics.csv (one row per asset and task) and grids/<asset>.png (ground truth |
-reconstruction | sample, one row per view); the markdown table goes to stdout. Without real weights for
+networks were random, notes on what was not computed), metrics.csv (one row per asset and task) and
+grids/<asset>.png (ground truth | Gaussian reconstruction | RF render | GT normals | mesh normals | sample,
+those present, one row per view); the markdown table goes to stdout. Reconstruction covers the Gaussian
+decoder (PSNR / SSIM / LPIPS), the mesh decoder (CD, F-score, PSNR-N, LPIPS-N) and the radiance-field
+decoder (a second appearance row) when their checkpoints are given. Without real weights for
 a metric network (LPIPS VGG16, DINOv2, CLIP) or for the models under test, the run says loudly that
 those figures are meaningless. Bad input is one error line naming the file or the option.
 """
@@ -39,6 +42,22 @@ def read_records(data: str, num_assets: int, fields=None) -> list:
     if not records:
         raise ValueError(f"{data}: the dataset holds no records")
     return records
+
+
+def reconstruction_notes(model, records) -> list[str]:
+    """Why a reconstruction column or row is '–' (missing decoders or record fields)."""
+    notes = []
+    if model.decoder_mesh is None:
+        notes.append("CD / F-score / PSNR-N / LPIPS-N not computed: no mesh decoder (set checkpoints.decoder_mesh)")
+    else:
+        if not any("surface_points" in a for _, a in records):
+            notes.append("CD / F-score not computed: the records carry no surface_points (build-data surface_points > 0)")
+        if not any("views_normal_png" in a for _, a in records):
+            notes.append("PSNR-N / LPIPS-N not computed: the records carry no normal renders (rebuild with build-data, "
+                         "store_depth_normal=True)")
+    if model.decoder_rf is None:
+        notes.append("radiance-field row not evaluated: no RF decoder (set checkpoints.decoder_rf)")
+    return notes
 
 
 def _banner(lines: list[str], log) -> None:
@@ -87,6 +106,7 @@ def run(cfg, workdir: str | Path, log=print) -> dict:
         model = load_autoencoder(cfg, int(meta0.get("resolution", 64)), int(a0["features"].shape[1]), log)
         if not model.pretrained:
             result["random_networks"].append("SLat VAE under test (random weights)")
+        notes = reconstruction_notes(model, records)
         rows = []
         for meta, arrays in records:
             try:
@@ -97,13 +117,18 @@ def run(cfg, workdir: str | Path, log=print) -> dict:
             images.setdefault(meta["id"], {}).update(imgs)
             log(f"[reconstruction] {meta['id']}: PSNR {row['psnr']:.2f} SSIM {row['ssim']:.4f}"
                 + (f" LPIPS {row['lpips']:.4f}" if row["lpips"] is not None else ""))
-        keys = [k for _, k, _ in report.RECONSTRUCTION_COLUMNS]
+        keys = [k for _, k, _ in report.RECONSTRUCTION_COLUMNS] + ["rf_psnr", "rf_ssim", "rf_lpips"]
         agg = report.mean_over_assets(rows, keys)
-        result["tasks"]["reconstruction"] = {"aggregate": agg, "num_assets": len(rows)}
+        result["tasks"]["reconstruction"] = {"aggregate": agg, "num_assets": len(rows), "notes": notes}
         result["per_asset"] += [{"task": "reconstruction", **r} for r in rows]
-        name = "trellis-jax SLat (Gaussian decoder)" + ("" if model.pretrained else " [RANDOM]")
-        tables.append(("Reconstruction fidelity", report.markdown_table(
-            report.RECONSTRUCTION_COLUMNS, [(name, agg)] + [(k, v) for k, v in paper.items() if "psnr" in v])))
+        tag = "" if model.pretrained else " [RANDOM]"
+        geometry = "; geometry: mesh decoder" if model.decoder_mesh is not None else ""
+        table_rows = [(f"trellis-jax SLat (Gaussian decoder{geometry})" + tag, agg)]
+        if model.decoder_rf is not None:
+            table_rows.append(("trellis-jax SLat (radiance-field decoder)" + tag,
+                               {k: agg[f"rf_{k}"] for k in ("psnr", "ssim", "lpips")}))
+        table = report.markdown_table(report.RECONSTRUCTION_COLUMNS, table_rows + [(k, v) for k, v in paper.items() if "psnr" in v])
+        tables.append(("Reconstruction fidelity", table + "".join(f"\n\n– {n}" for n in notes)))
 
     if "generation" in tasks:
         from trellis_jax.eval.generation import evaluate_samples
@@ -122,7 +147,7 @@ def run(cfg, workdir: str | Path, log=print) -> dict:
     result["meaningful"] = not result["random_networks"]
     result["seconds"] = time.time() - t0
     for aid, cols in images.items():
-        order = [k for k in ("ground_truth", "reconstruction", "sample") if k in cols]
+        order = [k for k in ("ground_truth", "reconstruction", "rf", "normal_gt", "normal", "sample") if k in cols]
         report.write_grid(workdir / "grids" / f"{aid}.png", {k: cols[k] for k in order}, int(cfg.grid_views))
     report.write_csv(workdir / "metrics.csv", result["per_asset"])
     report.write_json(workdir / "metrics.json", result)

@@ -225,6 +225,17 @@ def pixel_face_normals(vertices: jax.Array, faces: jax.Array, raster: Raster) ->
     return jnp.where(raster.mask[..., None], n, 0.0)
 
 
+def camera_facing_normal_map(vertices: jax.Array, faces: jax.Array, raster: Raster, extrinsics: jax.Array) -> jax.Array:
+    """Normal map [C, H, W, 3] in [0, 1]: the visible face's world normal, flipped to face camera c
+    (extrinsics [C, 4, 4]), mapped by (n + 1) / 2; 0 for background. The convention of the dataset's
+    normal renders (`data_pipeline.render`) and of the mesh-decoder targets."""
+    n = pixel_face_normals(vertices, faces, raster)
+    origin = -jnp.einsum("cji,cj->ci", extrinsics[:, :3, :3], extrinsics[:, :3, 3])  # camera centres [C, 3]
+    view = interpolate(vertices, raster, faces) - origin[:, None, None, :]
+    n = jnp.where(jnp.sum(n * view, -1, keepdims=True) > 0, -n, n)
+    return jnp.where(raster.mask[..., None], (n + 1) / 2, 0.0)
+
+
 def antialias(image: jax.Array, raster: Raster, faces: jax.Array) -> jax.Array:
     """Silhouette antialiasing (see the module docstring) of image [C, H, W, D] rendered with `raster`;
     differentiable in the image and, through the silhouette edges, in the vertex positions."""

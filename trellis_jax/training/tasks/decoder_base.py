@@ -65,6 +65,24 @@ class DecoderTask(Task):
     def tokens_per_batch(self, batch):
         return int(np.sum(batch["mask"]))
 
-    def grain_loader(self, batch_size, seed):
-        raise ValueError(f"task {self.cfg.task!r} has no grain input yet (the dataset does not carry per-view renders "
-                         "for it); use --config.data.kind=synthetic")
+    def grain_kwargs(self):
+        d = self.cfg.data
+        return {"buckets": (self.capacity,), "max_voxels": self.capacity, "resolution": self.resolution,
+                "render_size": self.image_size, "views_per_asset": int(d.get("views_per_asset", 1))}
+
+    def prepare(self, batch):
+        """A grain batch (views [B, K, ...], K = data.views_per_asset) -> the step's batch with one view per
+        row: B·K rows, each asset's coords/feats/mask repeated for its K views (keys as `synthetic_batch`)."""
+        k = batch["image"].shape[1]
+        out = {"coords": np.asarray(batch["coords"], np.int32), "feats": np.asarray(batch["feats"], np.float32),
+               "mask": np.asarray(batch["mask"], bool)}
+        if out["feats"].shape[-1] != self.encoder.in_channels:
+            raise ValueError(f"the dataset's voxel features have {out['feats'].shape[-1]} channels, "
+                             f"model.encoder.args.in_channels is {self.encoder.in_channels}")
+        out = {name: np.repeat(v, k, axis=0) for name, v in out.items()}
+        for name in ("image", "alpha", "extrinsics", "intrinsics", "depth", "normal"):
+            if name in batch:
+                v = np.asarray(batch[name], np.float32)
+                out[name] = v.reshape((-1,) + v.shape[2:])
+        out["latents"] = self.encoder(out["coords"], out.pop("feats"), out["mask"])  # host-side frozen encoder
+        return out
