@@ -84,5 +84,4 @@ class DecoderTask(Task):
             if name in batch:
                 v = np.asarray(batch[name], np.float32)
                 out[name] = v.reshape((-1,) + v.shape[2:])
-        out["latents"] = self.encoder(out["coords"], out.pop("feats"), out["mask"])  # host-side frozen encoder
         return out

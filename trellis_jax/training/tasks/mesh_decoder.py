@@ -85,7 +85,7 @@ class MeshDecoderTask(DecoderTask):
         ras = mr.rasterize_mesh(dm.vertices, dm.faces, dm.face_mask, E[None], K[None], height=S, width=S, near=1.0, far=3.0,
                                 tile_capacity=int(r.tile_capacity))
         covered = ras.mask[..., None].astype(jnp.float32)
-        normal = (mr.pixel_face_normals(dm.vertices, dm.faces, ras) + 1) / 2 * covered
+        normal = mr.camera_facing_normal_map(dm.vertices, dm.faces, ras, E[None])  # the targets' convention
         colour = mr.interpolate(dm.colors[:, :3], ras, dm.faces)
         stack = jnp.concatenate([covered, ras.depth[..., None], normal, colour], -1)
         img = mr.antialias(stack, ras, dm.faces)[0]
