@@ -99,15 +99,32 @@ def test_matches_numpy_marcher(jitter):
 
 
 def test_overflow_reported():
-    f = _field()
+    """`overflow` is set exactly when the capacity cut could change the picture: a translucent scene
+    overflows one sample short of what its longest ray holds; in an opaque scene rays stop early, so
+    smaller capacities are exact and not flagged; and whenever a render is not flagged it equals the
+    uncut one."""
     E, K = orbit_cameras(np.deg2rad([30.0]), [0.4], 1.6, 40.0)
     kw = dict(height=H, width=W, ray_chunk=64)
-    full = render_radiance_field(_strivec(f), jnp.asarray(E[0]), jnp.asarray(K[0]), jnp.zeros(3), sample_capacity=256, **kw)
-    need = int(full.max_samples)
-    small = render_radiance_field(_strivec(f), jnp.asarray(E[0]), jnp.asarray(K[0]), jnp.zeros(3), sample_capacity=need - 1, **kw)
-    exact = render_radiance_field(_strivec(f), jnp.asarray(E[0]), jnp.asarray(K[0]), jnp.zeros(3), sample_capacity=need, **kw)
-    assert bool(small.overflow) and not bool(exact.overflow)
-    np.testing.assert_allclose(np.asarray(exact.rgb), np.asarray(full.rgb), atol=1e-6)
+    render = lambda field, cap: render_radiance_field(field, jnp.asarray(E[0]), jnp.asarray(K[0]), jnp.zeros(3),
+                                                      sample_capacity=cap, **kw)
+    f = _field()
+    thin = dict(f, density=f["density"] * 0.02)
+    for scene, opaque in ((f, True), (thin, False)):
+        field = _strivec(scene)
+        full = render(field, 256)
+        need = int(full.max_samples)
+        assert not bool(full.overflow) and need < 256
+        flagged = []
+        for cap in (need // 8, need // 4, need // 2, need - 1, need):
+            cut = render(field, cap)
+            flagged.append(bool(cut.overflow))
+            if not cut.overflow:
+                np.testing.assert_allclose(np.asarray(cut.rgb), np.asarray(full.rgb), atol=1e-6)
+        assert flagged[-1] is False
+        if opaque:
+            assert not all(flagged[:-1])  # some capacity under the occupied count is already exact
+        else:
+            assert flagged[-2] is True    # translucent: every occupied sample counts
 
 
 def test_gradient_matches_finite_differences():

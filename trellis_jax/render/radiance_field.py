@@ -12,13 +12,16 @@ Samples lie on one lattice along each unit-length ray, z_k = (k + jitter) · ste
 a ray stops (later samples get no weight) once its transmittance falls below 1e-3. depth is Σ weight ·
 camera-space z (not divided by alpha), alpha = 1 − final transmittance; rgb includes the background.
 
-Static shapes: each ray walks `samples_per_ray` lattice points across the aabb (default: enough for the
-longest chord, √3), finds each point's voxel in a dense res³ index grid built by scatter from the active
-voxels, and keeps its first `sample_capacity` occupied points in order (empty space has σ = 0, so
-skipping it is exact). Only those are evaluated. A ray with more occupied points than the capacity sets
-`overflow` (its far samples are missing): check it; `max_samples` says what the capacity must be.
-Rays are processed in chunks of `ray_chunk` under `jax.checkpoint`, so forward and backward at 512² keep
-one chunk's samples in memory.
+Static shapes: each ray walks `samples_per_ray` lattice points (default: enough for the aabb's longest
+chord, √3) from where it enters the active voxels' bounding box, finds each point's voxel in a dense res³
+index grid built by scatter from the active voxels, and keeps its first `sample_capacity` occupied points
+in order (empty space has σ = 0, so skipping it is exact). Only those are evaluated, by trilinear reads of
+each voxel's D³ factor lattice (`sub_lattice`, equal to the CP formula). A ray cut at the capacity while
+its transmittance is still ≥ 1e-3 sets `overflow` (its far samples could show): check it; `max_samples`
+is a capacity that always suffices. Opaque surfaces stop rays early, so a capacity well under the
+occupied count is usually exact. Rays are processed in chunks of `ray_chunk` under `jax.checkpoint`
+(forward and backward at 512² keep one chunk's samples in memory); a chunk whose rays all miss the
+bounding box skips the walk.
 
 Cameras as `cameras.py`: OpenCV world→camera extrinsics [4, 4], normalised intrinsics [3, 3], pixel
 (i, j) through image point ((j + ½)/W, (i + ½)/H). Gradients flow to trivec, density and features_dc
@@ -46,8 +49,9 @@ class FieldRender(NamedTuple):
     rgb          f32  [H, W, 3]   composited colour over the background
     depth        f32  [H, W]      Σ weight · camera-space z (0 where empty)
     alpha        f32  [H, W]      1 − transmittance
-    overflow     bool []          some ray had more occupied samples than `sample_capacity`
-    max_samples  int32 []         most occupied samples on one ray (the capacity that view needed)
+    overflow     bool []          some ray had more occupied samples than `sample_capacity` and was still
+                                  visible (transmittance ≥ 1e-3) at the cut: the image may be wrong
+    max_samples  int32 []         most occupied samples on one ray (a capacity that is always enough)
     """
 
     rgb: jax.Array
@@ -76,27 +80,32 @@ def voxel_index_grid(field: Strivec) -> jax.Array:
     return jnp.full((res**3,), -1, jnp.int32).at[flat].set(jnp.arange(flat.shape[0], dtype=jnp.int32), mode="drop")
 
 
-def evaluate_field(field: Strivec, voxel: jax.Array, local: jax.Array):
-    """Density σ [...] and colour [..., 3] at points `local` [..., 3] ∈ [0, 1]³ inside active voxels
-    `voxel` int32 [...] (the CP formula of the module docstring).
+def sub_lattice(field: Strivec) -> jax.Array:
+    """Per active voxel, the density and colour logits on its D³ factor lattice: f32 [L·D³, 4]
+    (row (v·D + x)·D² + y·D + z holds Σ_r coef[v, r] · Π_a trivec[v, r, a, ·]; coef = density, C0 · features_dc).
 
-    Each point gathers its voxel's whole parameter row (one contiguous gather, so the backward pass is a
-    row scatter-add rather than one scatter per factor entry) and interpolates with dense hat weights."""
+    The CP formula is a product of per-axis lerps, which equals the trilinear interpolation of this
+    separable lattice, so each sample reads 8 rows of 4 instead of the voxel's whole R·(3D + 4) factors."""
     L, R, _, D = field.trivec.shape
-    table = jnp.concatenate([field.trivec.reshape(L, -1), field.density, field.features_dc.reshape(L, -1)], -1)
-    rows = table[voxel]  # [..., R·3·D + R + 3R]
-    tri = rows[..., : R * 3 * D].reshape(voxel.shape + (R, 3, D))
-    dens = rows[..., R * 3 * D : R * 3 * D + R]
-    fdc = rows[..., R * 3 * D + R :].reshape(voxel.shape + (R, 3))
+    coef = jnp.concatenate([field.density[..., None], SH_C0 * field.features_dc[:, :, 0, :]], -1)  # [L, R, 4]
+    tri = field.trivec
+    lattice = jnp.einsum("lrx,lry,lrz,lrc->lxyzc", tri[:, :, 0], tri[:, :, 1], tri[:, :, 2], coef)
+    return lattice.reshape(L * D**3, 4)
+
+
+def evaluate_field(lattice: jax.Array, D: int, voxel: jax.Array, local: jax.Array):
+    """Density σ [...] and colour [..., 3] at points `local` [..., 3] ∈ [0, 1]³ inside active voxels
+    `voxel` int32 [...] (the CP formula of the module docstring), from `sub_lattice(field)` [L·D³, 4]."""
     u = local * D - 0.5
     i0 = jnp.clip(jnp.floor(u), 0, D - 2)
-    frac = (u - i0)[..., None]  # [..., 3, 1]
-    d = jnp.arange(D, dtype=u.dtype)
-    hat = jnp.where(d == i0[..., None], 1.0 - frac, 0.0) + jnp.where(d == i0[..., None] + 1, frac, 0.0)  # [..., 3, D]
-    w = jnp.prod(jnp.einsum("...rad,...ad->...ra", tri, hat), -1)  # [..., R]
-    sigma = jax.nn.softplus(jnp.sum(dens * w, -1))
-    logits = SH_C0 * jnp.einsum("...r,...rc->...c", w, fdc)
-    return sigma, jax.nn.sigmoid(logits)
+    f = u - i0  # [..., 3], outside [0, 1] at the outer half-cells (extrapolation, as the formula)
+    base = ((voxel * D + i0[..., 0].astype(jnp.int32)) * D + i0[..., 1].astype(jnp.int32)) * D + i0[..., 2].astype(jnp.int32)
+    corners = jnp.array([(a * D + b) * D + c for a in (0, 1) for b in (0, 1) for c in (0, 1)], jnp.int32)
+    rows = lattice[base[..., None] + corners]  # [..., 8, 4]
+    wx, wy, wz = (jnp.stack([1.0 - f[..., a], f[..., a]], -1) for a in range(3))
+    w = (wx[..., :, None, None] * wy[..., None, :, None] * wz[..., None, None, :]).reshape(voxel.shape + (8,))
+    logits = jnp.einsum("...k,...kc->...c", w, rows)
+    return jax.nn.softplus(logits[..., 0]), jax.nn.sigmoid(logits[..., 1:])
 
 
 def camera_rays(extrinsics: jax.Array, intrinsics: jax.Array, height: int, width: int):
@@ -112,10 +121,11 @@ def camera_rays(extrinsics: jax.Array, intrinsics: jax.Array, height: int, width
     return origin, (d_cam @ R) / norm[:, None], 1.0 / norm
 
 
-def _aabb_interval(origin, dirs):
-    """Entry/exit distances [N] of rays through [0, 1]³ (entry clamped at 0; exit < entry on a miss)."""
+def _box_interval(origin, dirs, lo=0.0, hi=1.0):
+    """Entry/exit distances [N] of rays through the box [lo, hi] (default [0, 1]³; entry clamped at 0;
+    exit < entry on a miss)."""
     safe = jnp.where(jnp.abs(dirs) > 1e-12, dirs, 1e-12)
-    t_a, t_b = (0.0 - origin) / safe, (1.0 - origin) / safe
+    t_a, t_b = (lo - origin) / safe, (hi - origin) / safe
     t0 = jnp.max(jnp.minimum(t_a, t_b), -1)
     t1 = jnp.min(jnp.maximum(t_a, t_b), -1)
     return jnp.maximum(t0, 0.0), t1
@@ -143,6 +153,13 @@ def render_radiance_field(
     S = samples_per_ray or default_samples_per_ray(field)
     K = min(int(sample_capacity), S)
     grid = voxel_index_grid(field)
+    lattice, D = sub_lattice(field), field.trivec.shape[-1]
+    # rays are walked only through the active voxels' bounding box (padded by a fraction of a lattice step:
+    # the lattice is anchored at the camera, so this clips no occupied point), and chunks of rays that
+    # miss it skip the walk and the field altogether
+    corner = jnp.floor(field.position * res) / res
+    lo = jnp.min(jnp.where(field.mask[:, None], corner, 1.0), 0) - 0.1 * step
+    hi = jnp.max(jnp.where(field.mask[:, None], corner + 1.0 / res, 0.0), 0) + 0.1 * step
     origin, dirs, z_per_t = camera_rays(extrinsics, intrinsics, height, width)
     jit_off = jnp.broadcast_to(jnp.asarray(jitter, jnp.float32), (height, width)).reshape(-1)
     n = height * width
@@ -159,25 +176,21 @@ def render_radiance_field(
         vox = grid[(ijk[..., 0] * res + ijk[..., 1]) * res + ijk[..., 2]]
         return jnp.where(inside, vox, -1), p * res - ijk
 
-    @jax.checkpoint
-    def chunk(args):
-        d, jt, zs, live = args  # [C, 3], [C], [C], [C]
-        t0, t1 = _aabb_interval(origin, d)
+    def march(d, jt, zs, live, t0, t1):
         k0 = jnp.ceil(t0 / step - jt)  # first lattice index at or after the entry
         s = jnp.arange(S, dtype=jnp.float32)
         t_all = (k0[:, None] + s + jt[:, None]) * step  # [C, S]
         vox, _ = lookup(d, t_all)
         occupied = (vox >= 0) & (t_all <= t1[:, None]) & live[:, None]
         count = jnp.sum(occupied, -1)
-        slot = jnp.where(occupied, jnp.cumsum(occupied, -1) - 1, K)
-        rows = jnp.broadcast_to(jnp.arange(d.shape[0])[:, None], slot.shape)
-        picked = jnp.full((d.shape[0], K), S, jnp.int32).at[rows, slot].set(
-            jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), slot.shape), mode="drop")  # [C, K] sample ids, S = none
+        # sample id of each ray's k-th occupied point: where the running count first reaches k + 1 (S: none)
+        ranks = jnp.arange(1, K + 1, dtype=jnp.int32)
+        picked = jax.vmap(lambda c: jnp.searchsorted(c, ranks, side="left"))(jnp.cumsum(occupied, -1, dtype=jnp.int32))
         valid = picked < S
         t = (k0[:, None] + picked.astype(jnp.float32) + jt[:, None]) * step
         vox, local = lookup(d, t)
         valid &= vox >= 0
-        sigma, rgb = evaluate_field(field, jnp.maximum(vox, 0), jnp.clip(local, 0.0, 1.0))
+        sigma, rgb = evaluate_field(lattice, D, jnp.maximum(vox, 0), jnp.clip(local, 0.0, 1.0))
         alpha = jnp.where(valid, jnp.minimum(1.0 - jnp.exp(-sigma * step), MAX_ALPHA), 0.0)
         log_t = jnp.log1p(-alpha)
         before = jnp.exp(jnp.cumsum(log_t, -1) - log_t)  # transmittance in front of each sample
@@ -186,11 +199,21 @@ def render_radiance_field(
         final_t = jnp.exp(jnp.sum(jnp.where(keep, log_t, 0.0), -1))
         col = jnp.sum(weight[..., None] * rgb, 1)
         dep = jnp.sum(weight * t, -1) * zs
-        return col, dep, 1.0 - final_t, jnp.max(count)
+        # a ray cut at the capacity matters only if it is still visible there (past the stop, samples weigh 0)
+        cut = (count > K) & (jax.lax.stop_gradient(final_t) >= STOP_TRANSMITTANCE)
+        return col, dep, 1.0 - final_t, jnp.max(count), jnp.any(cut)
 
-    col, dep, acc, counts = jax.lax.map(chunk, (padded(dirs), padded(jit_off), padded(z_per_t), padded(jnp.ones(n, bool))))
+    @jax.checkpoint
+    def chunk(args):
+        d, jt, zs, live = args  # [C, 3], [C], [C], [C]
+        t0, t1 = _box_interval(origin, d, lo, hi)
+        empty = lambda *_: (jnp.zeros((d.shape[0], 3)), jnp.zeros(d.shape[0]), jnp.zeros(d.shape[0]),
+                            jnp.zeros((), jnp.int32), jnp.zeros((), bool))
+        return jax.lax.cond(jnp.any(live & (t1 > t0)), march, empty, d, jt, zs, live, t0, t1)
+
+    col, dep, acc, counts, cuts = jax.lax.map(chunk, (padded(dirs), padded(jit_off), padded(z_per_t), padded(jnp.ones(n, bool))))
     col, dep, acc = col.reshape(-1, 3)[:n], dep.reshape(-1)[:n], acc.reshape(-1)[:n]
     rgb = col + (1.0 - acc)[:, None] * background
     max_samples = jnp.max(counts).astype(jnp.int32)
     return FieldRender(rgb.reshape(height, width, 3), dep.reshape(height, width), acc.reshape(height, width),
-                       max_samples > K, max_samples)
+                       jnp.any(cuts), max_samples)
