@@ -91,21 +91,29 @@ def _key_bias(allowed):
     return jnp.where(allowed, 0.0, _NEG).astype(jnp.float32)
 
 
+def _kv_layout(k, v):
+    """k, v [..., L, H, D] -> (k [..., H, D, L], v [..., H, L, D]): the layouts `_softmax_attend`'s two
+    products read without a copy."""
+    return jnp.moveaxis(k, -3, -1), jnp.swapaxes(v, -2, -3)
+
+
 def _softmax_attend(q, k, v, scale, bias=None):
-    """q [..., Lq, H, D], k/v [..., Lk, H, D], optional bias f32 [..., Lq|1, Lk] (`_key_bias`) -> [..., Lq, H, D].
+    """q [..., Lq, H, D], k [..., H, D, Lk] and v [..., H, Lk, D] (`_kv_layout`), optional bias f32
+    [..., Lq|1, Lk] (`_key_bias`) -> [..., Lq, H, D].
 
     f32 softmax, written so that XLA CPU compiles the whole product into one fused kernel: the scale
     is folded into q, masking is an added bias (no selects on the [H, Lq, Lk] logits), and the
     normalisation divides the [H, Lq, D] output instead of the weights (3× faster than the select and
-    normalise-then-multiply form at G_S's 4096 tokens). With a bias, a query with no allowed key
+    normalise-then-multiply form at G_S's 4096 tokens; k/v come in the products' layouts so that a loop
+    over query chunks transposes them once, not per chunk). With a bias, a query with no allowed key
     (its max logit stays at _NEG) gets 0 output and finite gradients.
     """
-    logits = jnp.einsum("...qhd,...khd->...hqk", q * jnp.asarray(scale, q.dtype), k, preferred_element_type=jnp.float32)
+    logits = jnp.einsum("...qhd,...hdk->...hqk", q * jnp.asarray(scale, q.dtype), k, preferred_element_type=jnp.float32)
     if bias is not None:
         logits = logits + bias[..., None, :, :]
     m = jnp.max(logits, axis=-1, keepdims=True)
     p = jnp.exp(logits - m)
-    out = jnp.einsum("...hqk,...khd->...hqd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    out = jnp.einsum("...hqk,...hkd->...hqd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
     out = out / jnp.sum(p, axis=-1, keepdims=True)
     if bias is not None:
         out = jnp.where(m > _NEG / 2, out, 0.0)
@@ -125,7 +133,7 @@ def dense_attention(q, k, v, q_segments=None, kv_segments=None, scale=None, caus
     if causal:
         tril = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))
         allowed = tril if allowed is None else allowed & tril
-    return _softmax_attend(q, k, v, scale, None if allowed is None else _key_bias(allowed))
+    return _softmax_attend(q, *_kv_layout(k, v), scale, None if allowed is None else _key_bias(allowed))
 
 
 def _apply_segments(q, k, v, q_segments, kv_segments):
@@ -202,7 +210,7 @@ def blocked_segment_attention(q, k, v, segment_ids, max_group, block_size=256, s
         s_k = _neighbourhoods(rows(sh, step + 2 * radius), radius, step)
         allowed = (s_q[..., :, None] == s_k[..., None, :]) & (s_q[..., :, None] >= 0)
         k_i, v_i = (_neighbourhoods(rows(t, step + 2 * radius), radius, step) for t in (kh, vh))
-        return _softmax_attend(rows(qb, step), k_i, v_i, scale, _key_bias(allowed))  # [B, step, block, H, D]
+        return _softmax_attend(rows(qb, step), *_kv_layout(k_i, v_i), scale, _key_bias(allowed))  # [B, step, block, H, D]
 
     out = jax.lax.map(one_step, jnp.arange(num_steps))  # [num_steps, B, step, block, H, D]
     return jnp.moveaxis(out, 0, 1).reshape(B, padded * block, H, D)[:, :L]
@@ -221,6 +229,7 @@ def query_chunked_attention(q, k, v, q_segments=None, kv_segments=None, chunk_si
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     n = -(-Lq // chunk_size)
     q, k, v, allowed = _apply_segments(q, k, v, q_segments, kv_segments)
+    k, v = _kv_layout(k, v)
     qc = jnp.moveaxis(_pad_blocks(q, n, chunk_size, 0), 1, 0)  # [n, B, chunk, H, D]; padded rows sliced off below
     if q_segments is None:  # no mask, or a key padding mask shared by every chunk
         bias = None if allowed is None else _key_bias(allowed)
