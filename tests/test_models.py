@@ -143,6 +143,26 @@ def test_slat_flow_is_row_permutation_and_padding_invariant(gl):
     np.testing.assert_allclose(np.asarray(m.apply(p, single, t[1:], cond[1:]).feats)[0], out[1], atol=2e-5)
 
 
+@pytest.mark.parametrize("counts", [[20, 9], [120, 70]], ids=["tokens_fit_the_prefix", "tokens_overflow_it"])
+def test_slat_flow_prefix_blocks_equal_full_capacity_blocks(gl, counts):
+    """token_prefix_fraction: the blocks run on the first L/4 coarse rows when every token lies there
+    (few voxels in a large capacity) and on all L rows otherwise; values and gradients are those of the
+    blocks on all rows."""
+    m, p, _ = gl
+    rng = np.random.default_rng(12)
+    x = _voxels(rng, counts, 16, 256, 8)
+    t, cond = jnp.array([0.3, 0.8]), jnp.asarray(rng.normal(size=(2, 4, 32)).astype(np.float32))
+    coarse = max(len(np.unique(np.asarray(c)[np.asarray(k)] // 2, axis=0)) for c, k in zip(x.coords, x.mask))
+    assert (coarse <= 256 // 4) == (counts[0] == 20)
+    full = m.clone(token_prefix_fraction=1)
+    assert m.token_prefix_fraction == 4
+    loss = lambda model: jax.jit(jax.value_and_grad(lambda p: jnp.sum(model.apply(p, x, t, cond).feats ** 2)))
+    (v, g), (v_full, g_full) = loss(m)(p), loss(full)(p)
+    np.testing.assert_allclose(float(v), float(v_full), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_full)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
 def test_gradients_are_finite_and_padding_gets_none(gl):
     m, p, _ = gl
     rng = np.random.default_rng(2)

@@ -78,6 +78,9 @@ class SLatFlowModel(nn.Module):
     remat: bool = False
     scan_blocks: bool = False  # nn.scan over the blocks (params stacked; checkpoints convert, keymap.py)
     remat_policy: str = "nothing_saveable"  # jax.checkpoint_policies member, with remat/use_checkpoint
+    # The coarse level keeps the fine capacity L (exact for any voxel set) though 2x pooling typically leaves
+    # ~L/4 tokens: the blocks also run on the first ⌈L/k⌉ rows when all tokens fit (cross_block_stack); 1 = off.
+    token_prefix_fraction: int = 4
 
     @property
     def heads(self) -> int:
@@ -135,6 +138,7 @@ class SLatFlowModel(nn.Module):
             block_args=(C, self.cond_channels, self.heads, self.mlp_ratio, self.qk_rms_norm, self.qk_rms_norm_cross,
                         self.share_mod, self.dtype, self.attn_impl),
             scan=self.scan_blocks, remat=self.remat or self.use_checkpoint, remat_policy=self.remat_policy,
+            prefix_fraction=self.token_prefix_fraction,
         )
 
         for i, ((_, c_out, up), skip) in enumerate(zip(outs, reversed(skips))):

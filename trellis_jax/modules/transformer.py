@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from trellis_jax.modules.attention import CrossAttention, SelfAttention
 from trellis_jax.modules.layers import AffineLayerNorm, linear
-from trellis_jax.sparse.attention import AttentionLayout
+from trellis_jax.sparse.attention import AttentionLayout, full_layout, row_extent
 from trellis_jax.sparse.norm import layer_norm
 from trellis_jax.sparse.tensor import masked
 
@@ -93,6 +93,7 @@ SCANNED_BLOCKS = "blocks"
 def cross_block_stack(
     h: jax.Array, emb: jax.Array, context: jax.Array, layout: AttentionLayout | None, mask: jax.Array | None, *,
     num_blocks: int, block_args: tuple, scan: bool = False, remat: bool = False, remat_policy: str = "nothing_saveable",
+    prefix_fraction: int = 1,
 ) -> jax.Array:
     """`num_blocks` ModulatedTransformerCrossBlock(*block_args) applied to tokens h [B, L, C] (padding rows
     re-zeroed after each block when `mask` [B, L] is given). Call from inside a compact method: the blocks
@@ -101,15 +102,36 @@ def cross_block_stack(
     scan=False: a Python loop, params `blocks_{i}` (the released layout). scan=True: one `nn.scan`, params
     `blocks` stacked [num_blocks, ...], so the compiler sees (and compiles) a single block. remat: each block
     is rematerialised in the backward pass under `jax.checkpoint_policies.<remat_policy>` (what it may keep).
+
+    prefix_fraction > 1 (a 'full' layout with a mask only): each block is also compiled for the first
+    ⌈L / prefix_fraction⌉ rows and runs on those alone (`nn.cond`, a batch-wide predicate) whenever every
+    valid row lies there, its output zero-padded back to L rows. Exact (rows never mix outside attention,
+    which masks padding, and padding rows are zero either way) and params are unchanged; it spares the
+    projections and MLPs the padding rows of a capacity sized for the fine level (G_L's 2x-pooled
+    tokens are typically a quarter of its voxels) at the cost of compiling each block twice.
     """
     policy = getattr(jax.checkpoint_policies, remat_policy, None)
     if remat and policy is None:
         raise ValueError(f"remat_policy {remat_policy!r} is not a jax.checkpoint_policies member")
     cls = nn.remat(ModulatedTransformerCrossBlock, policy=policy, prevent_cse=not scan) if remat else ModulatedTransformerCrossBlock
 
-    def one(block, x):
+    def apply(block, x, layout, mask):
         x = block(x, emb, context, layout)
         return x if mask is None else masked(x, mask)
+
+    L = h.shape[1]
+    rows = -(-L // prefix_fraction)
+    if prefix_fraction <= 1 or rows >= L or mask is None or layout is None or layout.kind != "full":
+        one = lambda block, x: apply(block, x, layout, mask)
+    else:
+        fits = row_extent(mask) <= rows
+        head_mask = mask[:, :rows]
+
+        def on_head(block, x):
+            y = apply(block, x[:, :rows], full_layout(head_mask), head_mask)
+            return jnp.pad(y, ((0, 0), (0, L - rows), (0, 0)))
+
+        one = lambda block, x: nn.cond(fits, on_head, lambda block, x: apply(block, x, layout, mask), block, x)
 
     if not scan:
         for i in range(num_blocks):
