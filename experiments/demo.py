@@ -19,7 +19,7 @@ STAGES = {
     # frozen encoder: the slat_vae stage's trained one (model.encoder_checkpoint, set by the demo)
     "mesh_decoder": ("experiments/train/mesh_decoder.py:tiny", ["model.encoder.args.resolution=32", "model.decoder.args.resolution=32",
                      # Adam's first full-lr steps moved the surface so far that the depth term jumped 30x (grad norm 185)
-                     "optimizer.warmup_steps=20"]),
+                     "optimizer.warmup_steps=5"]),
 }
 
 
@@ -40,7 +40,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
         mesh_decoder=1))         # 64 fine cubes per voxel: FlexiCubes + rasterisation of one asset per step
     c.capacity_buckets = (2048, 4096, 6144)  # sparse stages pad to the smallest bucket that holds every asset
     c.lr = 1e-3                  # the reference uses 1e-4 for long runs; a few hundred demo steps need more
-    c.steps = ml_collections.ConfigDict(dict(ss_vae=100, slat_vae=120, ss_flow=300, slat_flow=100, mesh_decoder=80))
+    c.steps = ml_collections.ConfigDict(dict(ss_vae=100, slat_vae=120, ss_flow=300, slat_flow=100, mesh_decoder=20))
     c.render_resolution = 48     # SLat-VAE supervision renders
     c.mesh_render_resolution = 64  # mesh-decoder supervision renders (mask / depth / normal / colour; the stored views' size)
     c.sampler = ml_collections.ConfigDict(dict(steps=12, cfg_strength=3.0, cfg_interval=(0.5, 1.0), rescale_t=3.0))
