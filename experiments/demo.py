@@ -1,7 +1,10 @@
 """The embedded end-to-end default (`trellis-jax demo`): built-in data -> tiny models -> 3D assets on a CPU.
 
-Everything is small so the whole job fits in ~15 minutes on 2 CPU cores: a 32³ voxel grid (SS latent
-8³×8), width-64 two-block networks, 12 views at 64², 4 Gaussians per voxel, 12 sampling steps. Every
+Everything is small: a 32³ voxel grid (SS latent 8³×8), width-64 two-block networks (the mesh decoder's
+trunk is width 256, the least its GroupNorm32 subdivision blocks allow), 12 views at 64², 4 Gaussians per
+voxel, 12 sampling steps. Before the mesh decoder the job took ~12 min on an idle 2-core CPU; the mesh
+decoder decodes 64 fine FlexiCubes cubes per voxel (~400K for a 6K-voxel asset), about 48 s per step on a
+shared 2-core CPU at load average ~10, hence only 20 steps (the whole job is not yet timed idle). Every
 model is trained by the one trainer (`trellis-jax train`): each stage is a training config of
 experiments/train/ (`tiny` variant) plus the overrides below (demo sizes; the data set, seed, steps
 and learning rate are set by the demo). The condition encoders are DINOv2 / CLIP architectures with
