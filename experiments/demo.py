@@ -23,7 +23,7 @@ STAGES = {
     "mesh_decoder": ("experiments/train/mesh_decoder.py:tiny", ["model.encoder.args.resolution=32", "model.decoder.args.resolution=32",
                      # a synthetic-data probe at these sizes: the first full-lr Adam step moved the surface so far that the
                      # depth term jumped 30x (grad norm 185); on the demo data the loss still swings 0.2-12 between steps
-                     # with the warm-up (measured: 20 steps, mean of the first 5 = last 5 = 4.6; see README)
+                     # with the warm-up (measured: 20 steps, mean of the first 5 = last 5 = 4.6)
                      "optimizer.warmup_steps=5"]),
 }
 
