@@ -27,6 +27,19 @@ def _mesh():
     return np.asarray(m.vertices, np.float32), np.asarray(m.faces, np.int32), attrs
 
 
+def _field(res=8, rank=1, dim=2):
+    """A 4³-voxel opaque red radiance field at the centre of a res³ grid (one Strivec sample, no batch axis)."""
+    import jax.numpy as jnp
+
+    from trellis_jax.representations.strivec import Strivec
+
+    p = np.stack(np.meshgrid(*[np.arange(res // 2 - 2, res // 2 + 2)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    L = len(p)
+    fdc = np.tile(np.array([20.0, -20.0, -20.0], np.float32), (L, rank, 1, 1))
+    return Strivec(jnp.asarray((p + 0.5) / res, jnp.float32), jnp.ones((L, rank, 3, dim)), jnp.full((L, rank), 50.0),
+                   jnp.asarray(fdc), jnp.ones((L,), bool), resolution=res)
+
+
 def test_camera_path_is_the_reference_orbit():
     ext, intr = turntable_cameras(5)
     eye = np.linalg.inv(ext)[:, :3, 3]
@@ -46,6 +59,24 @@ def test_frames_show_each_representation():
     assert (frames[:, 0, 0] == 0).all()  # black background in the corners
     with pytest.raises(ValueError):
         turntable_frames()
+
+
+def test_radiance_field_panel_sits_between_gaussians_and_mesh():
+    frames = turntable_frames(gaussians=_gaussians(), mesh=_mesh(), num_frames=2, resolution=R, radiance_field=_field())
+    assert frames.shape == (2, R, 4 * R, 3)
+    centre = frames[:, R // 2, R // 2 :: R].astype(int)
+    assert (centre[:, 1, 0] > 200).all() and (centre[:, 1, 1:] < 30).all()  # the red field, second panel
+    assert (centre[:, 2, 1] > 200).all()  # the green mesh after it
+    assert (frames[:, 0, R] == 0).all()  # black background around the field
+
+
+def test_field_views_grow_a_too_small_sample_capacity():
+    from trellis_jax.render.turntable import render_field_views
+
+    ext, intr = turntable_cameras(2)
+    want = render_field_views(_field(), ext, intr, R, sample_capacity=256)
+    got = render_field_views(_field(), ext, intr, R, sample_capacity=2)  # rays cross 4 voxels: overflows, re-renders
+    np.testing.assert_array_equal(got, want)
 
 
 def test_mesh_views_grow_a_too_small_tile_capacity():

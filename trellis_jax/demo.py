@@ -10,14 +10,15 @@
    the renders) with the trainer (`trellis_jax.training.trainer.run`, the `trellis-jax train` loop),
    reporting the SLat VAE's reconstruction PSNR on the held-out assets before and after training;
    encodes the dataset's SS and SLat latents with the trained encoders (`encode-data`) and measures
-   the SLat normalisation statistics;
+   the SLat normalisation statistics; trains the mesh decoder (FlexiCubes, by rasterising mask / depth /
+   normal / colour against the stored views) on the latents of the trained SLat encoder, frozen;
 3. trains G_S and G_L for image and for text conditions with the trainer (rectified flow, CFG dropout);
 4. saves each pipeline as an official-format checkpoint directory (`save_pipeline`), reloads it
    through the official loader, and samples the held-out images / captions in one jitted call each;
-5. writes per asset: gaussians.ply (3DGS), voxels.ply, voxels.glb, preview.png, turntable.mp4 (and mesh.glb,
-   textured from the Gaussians, when a pipeline has a mesh decoder; the demo trains none); prints where;
-6. evaluates the held-out assets with `trellis-jax eval` (reconstruction of the SLat VAE it trained,
-   generation of each pipeline) and prints the tables (`cfg.evaluate`; off in the smoke variant).
+5. writes per asset: gaussians.ply (3DGS), mesh.glb (textured from the Gaussians), voxels.ply, voxels.glb,
+   preview.png, turntable.mp4 (Gaussians | mesh colour | mesh normals); prints where;
+6. evaluates the held-out assets with `trellis-jax eval` (reconstruction of the SLat VAE and mesh decoder it
+   trained, generation of each pipeline) and prints the tables (`cfg.evaluate`; off in the smoke variant).
 Each training stage's workdir (checkpoints, metrics.jsonl, TensorBoard) is OUT/train/<stage>; a rerun
 resumes every stage from its last checkpoint. The condition encoders have RANDOM frozen weights
 (pretrained DINOv2/CLIP cannot be downloaded here).
@@ -57,15 +58,16 @@ def command(*argv) -> None:
 
 
 def stage_config(cfg, stage: str, data_path, *, batch_size: int, steps: int, extra=()):
-    """The trainer config of a demo stage: experiments/train/<task>.py:tiny + the demo's overrides
-    (raw weights exported, not the EMA of a few hundred steps; 'rbg' init, far faster to compile on CPU)."""
+    """The trainer config of a demo stage: experiments/train/<task>.py:tiny + the demo's common overrides
+    (raw weights exported, not the EMA of a few hundred steps; 'rbg' init, far faster to compile on CPU),
+    then the stage's own (cfg.stages[stage].overrides), then `extra`."""
     from trellis_jax.config_loader import load_config
 
     s = cfg.stages[stage]
     common = [f"seed={cfg.seed}", f"optimizer.lr={cfg.lr}", f"batch_size={batch_size}", f"total_steps={steps}",
               f"ckpt_every={max(steps, 1)}", f"log_every={max(1, min(10, steps))}", "export_params=params", "init_rng_impl=rbg",
               "data.kind=grain", f"data.path={data_path}", "data.worker_count=0"]
-    return load_config(s.config, [*s.overrides, *common, *extra])
+    return load_config(s.config, [*common, *s.overrides, *extra])
 
 
 def train(cfg, stage: str, workdir: Path, tc) -> tuple[dict, Path]:
@@ -208,7 +210,14 @@ def run(cfg) -> dict:
     log(f"SLat normalisation (stat_latent rule): mean {np.round(slat_mean, 3).tolist()} std {np.round(slat_std, 3).tolist()}")
     ss_dec = load_exported(ss_ckpts, ss_cfg.model.decoder)
 
-    # 3. flows, per condition kind, and 4. the pipelines ------------------------------------------
+    # 2d. mesh decoder on the trained SLat encoder's latents (frozen, inside the step) ------------
+    md_cfg = stage_config(cfg, "mesh_decoder", data / "train", batch_size=B.mesh_decoder, steps=steps.mesh_decoder,
+                          extra=[f"model.encoder_checkpoint={slat_ckpts / enc_m.checkpoint}", f"data.capacity={cap}",
+                                 f"render.image_size={cfg.mesh_render_resolution}"])
+    summary["mesh_decoder"], mesh_ckpts = train(cfg, "mesh_decoder", work / "mesh_decoder", md_cfg)
+    mesh_dec = load_exported(mesh_ckpts, md_cfg.model.decoder)
+
+    # 3. flows, per condition kind, and 4. the pipelines (Gaussian + mesh decoders) ------------------------------------------
     pipelines = {}
     for kind in cfg.conditions:
         enc = load_image_conditioner(None, "tiny", seed=cfg.seed) if kind == "image" else load_text_conditioner(None, "tiny", seed=cfg.seed)
@@ -226,7 +235,7 @@ def run(cfg) -> dict:
         save_pipeline(wdir, kind, {"sparse_structure_decoder": ss_dec,
                                    "sparse_structure_flow_model": load_exported(gs_ckpts, gs_cfg.model),
                                    "slat_flow_model": load_exported(gl_ckpts, gl_cfg.model),
-                                   "slat_decoder_gs": slat_dec},
+                                   "slat_decoder_gs": slat_dec, "slat_decoder_mesh": mesh_dec},
                       ss_sampler=sampler, slat_sampler=sampler, slat_normalization={"mean": slat_mean, "std": slat_std},
                       cond_model="tiny-random", cond_encoder={"kind": kind, "arch": "tiny", "seed": cfg.seed, "weights": None})
         pipelines[kind] = wdir
@@ -266,7 +275,8 @@ def run(cfg) -> dict:
         held = data / "heldout"
         command("eval", "--config", "experiments/eval/reconstruction.py:tiny", "--workdir", out / "eval" / "reconstruction",
                 f"--config.data={held}", f"--config.checkpoints.encoder={slat_ckpts / enc_m.checkpoint}",
-                f"--config.checkpoints.decoder_gs={slat_ckpts / dec_m.checkpoint}")
+                f"--config.checkpoints.decoder_gs={slat_ckpts / dec_m.checkpoint}",
+                f"--config.checkpoints.decoder_mesh={mesh_ckpts / md_cfg.model.decoder.checkpoint}")
         for kind, wdir in pipelines.items():
             command("eval", "--config", "experiments/eval/generation.py:tiny", "--workdir", out / "eval" / f"generation_{kind}",
                     f"--config.data={held}", f"--config.pipeline={wdir}", f"--config.capacity={cfg.sample_capacity}")

@@ -47,8 +47,8 @@ def load_generator(weights: str | Path, *, capacity: int = 32768, image_encoder=
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {v}")
     weights = Path(weights)
     loaded = load_pipeline(weights, search_roots=search_roots)
-    # the formats the per-asset files need: Gaussians, and the mesh when the pipeline has its decoder
-    formats = ("gaussian",) + (("mesh",) if FORMAT_ROLES["mesh"] in loaded["models"] else ())
+    # the formats the per-asset files need: Gaussians, and the radiance field / mesh when the pipeline has their decoders
+    formats = ("gaussian",) + tuple(f for f in ("radiance_field", "mesh") if FORMAT_ROLES[f] in loaded["models"])
     try:
         pipe = TrellisPipeline.from_checkpoint(loaded, capacity=capacity, formats=formats, **sampler_overrides)
     except (KeyError, TypeError, ValueError, AttributeError) as e:

@@ -91,6 +91,7 @@ def run(cfg, workdir: str | Path, log=print) -> dict:
         from trellis_jax.sample import load_generator
 
         pipe, cond_model, gen_kind = load_generator(cfg.pipeline, capacity=int(cfg.capacity))
+        pipe = pipe.with_samplers(formats=("gaussian",))  # the generation metrics score Gaussian renders only
         if not cond_model.pretrained:
             result["random_networks"].append(f"condition encoder ({cond_model.description})")
     ex = load_extractors(cfg, log, lpips="reconstruction" in tasks, generation="generation" in tasks, need_text=gen_kind == "text")

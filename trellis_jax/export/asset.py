@@ -84,7 +84,10 @@ def export_sample(out: dict, b: int, directory: Path, resolution: int = 64, mesh
     complete; an existing non-empty `directory` is an error); returns the final paths.
     mesh: the sample's (vertices, faces, vertex_attrs) (`host_meshes(out)[b]`) when the pipeline decodes
     meshes. mesh.glb is textured from the Gaussians when both exist, vertex-coloured with a mesh only,
-    absent without a mesh decoder (each said in the log); turntable.mp4 shows the Gaussians and the mesh."""
+    absent without a mesh decoder (each said in the log); turntable.mp4 shows the Gaussians, the radiance
+    field (when `out` has one) and the mesh."""
+    import jax
+
     from trellis_jax.api import to_glb, MeshResult
     from trellis_jax.export.gaussian_ply import save_gaussian_ply
     from trellis_jax.export.voxels import save_voxel_glb, save_voxel_ply
@@ -127,8 +130,9 @@ def export_sample(out: dict, b: int, directory: Path, resolution: int = 64, mesh
         else:
             log(f"{directory.name}: no mesh.glb (the pipeline has no mesh decoder; voxels.glb is the coarse shape)")
         if options.video_frames > 0:
+            rf = jax.tree.map(lambda x: x[b], out["radiance_field"]) if "radiance_field" in out else None
             render_turntable(tmp / "turntable.mp4", g, None if mesh is None else tuple(mesh), options.video_frames,
-                             options.video_fps, options.video_resolution)
+                             options.video_fps, options.video_resolution, radiance_field=rf)
             names["turntable_mp4"] = "turntable.mp4"
         extra = {"ss_latent": np.asarray(out["ss_latent"][b])} if "ss_latent" in out else {}
         arrays = dict(coords=coords.astype(np.uint8 if resolution <= 256 else np.int32), feats=feats, **extra)

@@ -1,10 +1,10 @@
-"""Turntable videos of a generated asset: the reference's orbit, Gaussians and mesh side by side, as mp4.
+"""Turntable videos of a generated asset: the reference's orbit, every decoded representation side by side, as mp4.
 
 Camera path (the reference's `render_video`): over N frames yaw = linspace(0, 2π, N) and
 pitch = 0.25 + 0.5·sin(linspace(0, 2π, N)) radians, radius 2, vertical FoV 40°, looking at the origin
-with +z up. Panels, left to right, for what is given: Gaussian colour (the JAX splatter), mesh vertex
-colour (when the mesh has colour attributes) and mesh world-space face normals mapped to [0, 1] (the
-JAX rasteriser, silhouettes antialiased).
+with +z up. Panels, left to right, for what is given: Gaussian colour (the JAX splatter), radiance-field
+colour (the JAX volume renderer), mesh vertex colour (when the mesh has colour attributes) and mesh
+world-space face normals mapped to [0, 1] (the JAX rasteriser, silhouettes antialiased).
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from trellis_jax.atomic import atomic_write
 from trellis_jax.render import mesh_raster
 from trellis_jax.render.cameras import orbit_cameras
 from trellis_jax.render.preview import render_gaussian_views
+from trellis_jax.render.radiance_field import render_radiance_field
+from trellis_jax.representations.strivec import Strivec
 from trellis_jax.sparse.tensor import CapacityError
 
 
@@ -91,18 +93,45 @@ def render_mesh_views(vertices, faces, vertex_attrs, extrinsics, intrinsics, res
     return (to_u8([c for c, _ in views]) if has_colour else None), to_u8([nrm for _, nrm in views])
 
 
+def render_field_views(field: Strivec, extrinsics, intrinsics, resolution: int, bg=(0.0, 0.0, 0.0),
+                       sample_capacity: int = 128, ray_chunk: int = 4096, progress=None) -> np.ndarray:
+    """One radiance field (a `Strivec` without batch axis: position [L, 3], ..., mask [L]) and cameras ->
+    uint8 colour [V, R, R, 3]. Voxels are padded to a power of two (few compiled shapes). A view whose
+    rays hold more occupied samples than `sample_capacity` is rendered again with the capacity it needed
+    (kept for later views), so no sample is dropped."""
+    L = int(field.mask.shape[0])
+    cap = _pow2(L, 1024)
+    pad = lambda a: jnp.concatenate([jnp.asarray(a), jnp.zeros((cap - L,) + a.shape[1:], a.dtype)])
+    padded = jax.tree.map(pad, field)
+    background = jnp.asarray(bg, jnp.float32)
+    frames, k = [], int(sample_capacity)
+    views = list(zip(extrinsics, intrinsics))
+    for E, K in (progress(views) if progress else views):
+        r = render_radiance_field(padded, jnp.asarray(E, jnp.float32), jnp.asarray(K, jnp.float32), background,
+                                  height=resolution, width=resolution, sample_capacity=k, ray_chunk=ray_chunk)
+        if bool(r.overflow):
+            k = _pow2(int(r.max_samples), k)
+            r = render_radiance_field(padded, jnp.asarray(E, jnp.float32), jnp.asarray(K, jnp.float32), background,
+                                      height=resolution, width=resolution, sample_capacity=k, ray_chunk=ray_chunk)
+        frames.append((np.clip(np.asarray(r.rgb), 0, 1) * 255).astype(np.uint8))
+    return np.stack(frames)
+
+
 def turntable_frames(gaussians: dict | None = None, mesh: tuple | None = None, num_frames: int = 120,
-                     resolution: int = 512, radius: float = 2.0, fov_deg: float = 40.0, bg=(0.0, 0.0, 0.0)) -> np.ndarray:
+                     resolution: int = 512, radius: float = 2.0, fov_deg: float = 40.0, bg=(0.0, 0.0, 0.0),
+                     radiance_field: Strivec | None = None) -> np.ndarray:
     """uint8 [N, R, P·R, 3]: P panels side by side (see the module docstring). gaussians: host dict
     (xyz, features_dc, scaling, rotation, opacity) of one sample; mesh: (vertices, faces, vertex_attrs)
-    of one sample, e.g. `Mesh.sample(b)`."""
-    if gaussians is None and mesh is None:
-        raise ValueError("turntable: give gaussians and/or a mesh")
+    of one sample, e.g. `Mesh.sample(b)`; radiance_field: one sample's `Strivec` (no batch axis)."""
+    if gaussians is None and mesh is None and radiance_field is None:
+        raise ValueError("turntable: give gaussians, a radiance field and/or a mesh")
     ext, intr = turntable_cameras(num_frames, radius, fov_deg)
     bar = lambda what: (lambda views: tqdm(views, desc=f"turntable {what}", unit="frame", file=sys.stderr, mininterval=2))
     panels = []
     if gaussians is not None:
         panels.append(render_gaussian_views(gaussians, ext, intr, resolution, bg, progress=bar("gaussians")))
+    if radiance_field is not None:
+        panels.append(render_field_views(radiance_field, ext, intr, resolution, bg, progress=bar("radiance field")))
     if mesh is not None:
         colour, normal = render_mesh_views(*mesh, ext, intr, resolution, bg, progress=bar("mesh"))
         panels += [colour, normal] if colour is not None else [normal]
@@ -122,6 +151,6 @@ def write_video(path, frames: np.ndarray, fps: int = 15) -> Path:
 
 
 def render_turntable(path, gaussians: dict | None = None, mesh: tuple | None = None, num_frames: int = 120,
-                     fps: int = 15, resolution: int = 512, bg=(0.0, 0.0, 0.0)) -> Path:
+                     fps: int = 15, resolution: int = 512, bg=(0.0, 0.0, 0.0), radiance_field: Strivec | None = None) -> Path:
     """Render the turntable (`turntable_frames`) and write it to `path` as mp4 (the demo's 120 frames at 15 fps)."""
-    return write_video(path, turntable_frames(gaussians, mesh, num_frames, resolution, bg=bg), fps)
+    return write_video(path, turntable_frames(gaussians, mesh, num_frames, resolution, bg=bg, radiance_field=radiance_field), fps)
