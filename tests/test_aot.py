@@ -20,7 +20,7 @@ except ImportError:
     HAVE_LIBTPU = False
 needs_libtpu = pytest.mark.skipif(not HAVE_LIBTPU, reason='libtpu is not installed (pip install -e ".[tpu]"): no TPU compiler')
 
-FIGURE = re.compile(r"^aot: job=\S+ topology=\S+ chips=\d+ hbm_frac=[\d.]+ est_step_s=[\d.e+-]+ est_mfu=[\d.e+-]+$")
+FIGURE = re.compile(r"^aot: job=\S+ topology=\S+ chips=\d+ hbm_frac=[\d.]+ est_step_s=(?:[\d.e+-]+|nan) est_mfu=(?:[\d.e+-]+|nan)$")
 
 
 def _positive_memory(report):
@@ -73,6 +73,14 @@ def test_without_libtpu_one_line_says_how_to_install(monkeypatch, capsys):
     assert aot.main(["--config", "experiments/train/ss_flow.py:tiny", "--topology", "v5e:2x2"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and 'pip install -e ".[tpu]"' in err
+
+
+def test_step_estimate_scales_by_the_loop_factor_and_has_none_for_a_non_positive_roofline():
+    est, mfu = aot.step_estimate(2.0, 3.0, 6e12, 1e12)
+    assert est == 6.0 and mfu == 1.0
+    for bad in (-161.5, 0.0, float("nan")):  # XLA gave -161.5 s for the released sampler
+        est, mfu = aot.step_estimate(bad, 3.0, 6e12, 1e12)
+        assert est != est and mfu != mfu
 
 
 def test_unknown_chip_is_one_line():

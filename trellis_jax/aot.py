@@ -227,6 +227,16 @@ def _oom_bytes(message: str) -> float | None:
     return float(m.group(1)) * unit[m.group(2)]
 
 
+def step_estimate(optimal_seconds: float, loop_factor: float, flops_per_device: float, peak: float) -> tuple[float, float]:
+    """(est. step s, est. MFU) from XLA's roofline `optimal_seconds` (loop bodies once) scaled by the loop
+    factor. XLA reports a non-positive value when its cost model has no estimate for the program (seen on
+    the released sampler: -161.5 s); that is 'no estimate' (nan), never a negative time."""
+    if not optimal_seconds > 0:
+        return float("nan"), float("nan")
+    est = optimal_seconds * loop_factor
+    return est, flops_per_device / est / peak
+
+
 def compile_report(job: Job, topology: str, devices: list) -> Report:
     """Trace, lower and compile `job` for the topology; memory, FLOPs, estimated time."""
     from trellis_jax.tools.jaxpr_flops import count_flops
@@ -256,8 +266,7 @@ def compile_report(job: Job, topology: str, devices: list) -> Report:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     opt = float(cost.get("optimal_seconds", float("nan")))
-    est = opt * counts.loop_factor
-    mfu = (counts.flops / n) / est / peak if est > 0 else float("nan")
+    est, mfu = step_estimate(opt, counts.loop_factor, counts.flops / n, peak)
     return Report(job.name, topology, chips, mem, hbm, max(mem["total"], mem["peak"]) / hbm, counts.flops,
                   float(cost.get("flops", float("nan"))), opt, counts.loop_factor, est, mfu, compile_s, compiled)
 
@@ -284,7 +293,10 @@ def format_report(job: Job, r: Report) -> list[str]:
                 f"hbm_frac {r.hbm_frac:.3f}"]
     out.append(f"FLOPs per step         {r.flops:.4g} total, {r.flops / r.chips:.4g} per chip (matmul + conv, loops x trip "
                f"counts; XLA's per-chip count, loop bodies once: {r.flops_xla:.4g})")
-    if not r.oom:
+    if not r.oom and math.isnan(r.est_step_s):
+        out.append(f"compiler estimate      none: XLA's optimal_seconds is {r.optimal_seconds:.4g} s (its cost model has no "
+                   f"estimate for this program); est_step_s and est_mfu are nan")
+    elif not r.oom:
         out.append(f"compiler estimate      step {r.est_step_s:.4g} s (XLA optimal_seconds {r.optimal_seconds:.4g} s x loop "
                    f"factor {r.loop_factor:.4g}); MFU {r.est_mfu:.3f} of the bf16 peak  [compiler estimate, not measured]")
     out.append(r.figure_line())
