@@ -42,7 +42,13 @@ def _conv3d_slabs(x: jax.Array, kernel: jax.Array) -> jax.Array:
         return jnp.pad(y.reshape(B, X, Y, Z, -1), ((0, 0), (p, p), (0, 0), (0, 0), (0, 0)))
 
     def chunk(w):  # w [k, k, k, C, cout'] -> out[:, x] = Σ_a y_a[:, x + a − p]
-        return sum(conv2d(w[a])[:, a : a + X] for a in range(k))
+        nonlocal flat
+        acc = conv2d(w[0])[:, :X]
+        for a in range(1, k):
+            # each term is added before the next 2-D conv starts: one conv output live at a time
+            acc, flat = jax.lax.optimization_barrier((acc, flat))
+            acc = acc + conv2d(w[a])[:, a : a + X]
+        return acc
 
     if cout <= SLAB_OUT_CHANNELS:
         return chunk(kernel)
