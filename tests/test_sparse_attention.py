@@ -196,3 +196,27 @@ def test_extent_limited_full_attention_matches_dense_values_and_gradients(chunk,
     loss = lambda f: jax.jit(jax.grad(lambda *x: jnp.sum(f(*x) * ct), argnums=(0, 1, 2)))
     for a, b in zip(loss(ext)(q, k, v), loss(dense)(q, k, v)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+
+
+@pytest.mark.parametrize("query_block, key_block", [(16, 8), (128, 64)])
+def test_span_limited_window_attention_matches_blocked_values_and_gradients(query_block, key_block):
+    """The CPU window path (keys read only over each query block's group span, the rest skipped)
+    gives `blocked_segment_attention`'s values and gradients: sorted groups of many sizes, a group
+    longer than a key step, padding rows inside a sample and an all-padding sample."""
+    from trellis_jax.sparse.attention import blocked_segment_attention, span_limited_segment_attention
+
+    rng = np.random.default_rng(12)
+    B, L, max_group = 3, 150, 40
+    sizes = [[40, 1, 7, 25, 3, 33, 12], [], [5, 40, 40, 9]]
+    seg = np.full((B, L), -1, np.int32)
+    for b, s in enumerate(sizes):
+        seg[b, : sum(s)] = np.repeat(np.arange(len(s)) * 3 + b, s)
+    seg = jnp.asarray(seg)
+    q, k, v, ct = (jnp.asarray(rng.standard_normal((B, L, H, D)), jnp.float32) for _ in range(4))
+    span = jax.jit(lambda q, k, v: span_limited_segment_attention(q, k, v, seg, max_group, query_block, key_block))
+    blocked = jax.jit(lambda q, k, v: blocked_segment_attention(q, k, v, seg, max_group, block_size=32))
+    np.testing.assert_allclose(np.asarray(span(q, k, v)), np.asarray(blocked(q, k, v)), atol=2e-6)
+    assert not np.asarray(span(q, k, v))[np.asarray(seg) < 0].any()
+    loss = lambda f: jax.jit(jax.grad(lambda *x: jnp.sum(f(*x) * ct), argnums=(0, 1, 2)))
+    for a, b in zip(loss(span)(q, k, v), loss(blocked)(q, k, v)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)

@@ -15,23 +15,10 @@ import jax
 import jax.numpy as jnp
 
 from trellis_jax.models.posterior import gaussian_posterior
+from trellis_jax.modules.dense_conv import Conv3d
 from trellis_jax.modules.layers import AffineLayerNorm
 
 Dtype = Any
-
-# PyTorch's Conv default (kaiming-uniform, a = √5) is uniform(±1/√fan_in).
-_TORCH_CONV_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-
-
-def conv3d(features: int, kernel: int, name: str, stride: int = 1, zero_init: bool = False, dtype: Dtype = jnp.float32) -> nn.Conv:
-    init = nn.initializers.zeros if zero_init else _TORCH_CONV_INIT
-    pad = "SAME" if stride == 1 else "VALID"
-    return nn.Conv(
-        features, (kernel,) * 3, strides=(stride,) * 3, padding=pad, dtype=dtype, param_dtype=jnp.float32,
-        kernel_init=nn.with_logical_partitioning(init, ("kernel_offsets", None, None, "conv_in", "conv_out")),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)), name=name,
-    )
-
 
 def pixel_shuffle_3d(x: jax.Array, factor: int = 2) -> jax.Array:
     """[B, X, Y, Z, C'·f³] -> [B, fX, fY, fZ, C']: channel c'·f³ + i·f² + j·f + k -> voxel (fX+i, fY+j, fZ+k)."""
@@ -50,10 +37,10 @@ class ResBlock3d(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         out = self.out_channels or self.channels
         h = nn.silu(AffineLayerNorm(1e-5, name="norm1")(x))
-        h = conv3d(out, 3, "conv1", dtype=self.dtype)(h)
+        h = Conv3d(out, 3, dtype=self.dtype, name="conv1")(h)
         h = nn.silu(AffineLayerNorm(1e-5, name="norm2")(h))
-        h = conv3d(out, 3, "conv2", zero_init=True, dtype=self.dtype)(h)
-        skip = x if out == self.channels else conv3d(out, 1, "skip_connection", dtype=self.dtype)(x)
+        h = Conv3d(out, 3, zero_init=True, dtype=self.dtype, name="conv2")(h)
+        skip = x if out == self.channels else Conv3d(out, 1, dtype=self.dtype, name="skip_connection")(x)
         return h + skip
 
 
@@ -67,8 +54,8 @@ class _Resample(nn.Module):
     @nn.compact
     def __call__(self, x):
         if self.up:
-            return pixel_shuffle_3d(conv3d(self.out_channels * 8, 3, "conv", dtype=self.dtype)(x), 2)
-        return conv3d(self.out_channels, 2, "conv", stride=2, dtype=self.dtype)(x)
+            return pixel_shuffle_3d(Conv3d(self.out_channels * 8, 3, dtype=self.dtype, name="conv")(x), 2)
+        return Conv3d(self.out_channels, 2, stride=2, dtype=self.dtype, name="conv")(x)
 
 
 class SparseStructureEncoder(nn.Module):
@@ -88,7 +75,7 @@ class SparseStructureEncoder(nn.Module):
         if self.norm_type != "layer":
             raise NotImplementedError("released SS VAEs use norm_type='layer'")
         chs = list(self.channels)
-        h = conv3d(chs[0], 3, "input_layer")(x.astype(jnp.float32)).astype(self.dtype)
+        h = Conv3d(chs[0], 3, name="input_layer")(x.astype(jnp.float32)).astype(self.dtype)
         i = 0
         for level, ch in enumerate(chs):
             for _ in range(self.num_res_blocks):
@@ -100,7 +87,7 @@ class SparseStructureEncoder(nn.Module):
         for j in range(self.num_res_blocks_middle):
             h = ResBlock3d(chs[-1], chs[-1], self.dtype, name=f"middle_block_{j}")(h)
         h = nn.silu(AffineLayerNorm(1e-5, name="out_layer_0")(h.astype(jnp.float32)))
-        h = conv3d(2 * self.latent_channels, 3, "out_layer_2")(h)
+        h = Conv3d(2 * self.latent_channels, 3, name="out_layer_2")(h)
         return gaussian_posterior(h, sample_posterior, rng)
 
 
@@ -121,7 +108,7 @@ class SparseStructureDecoder(nn.Module):
         if self.norm_type != "layer":
             raise NotImplementedError("released SS VAEs use norm_type='layer'")
         chs = list(self.channels)
-        h = conv3d(chs[0], 3, "input_layer")(z.astype(jnp.float32)).astype(self.dtype)
+        h = Conv3d(chs[0], 3, name="input_layer")(z.astype(jnp.float32)).astype(self.dtype)
         for j in range(self.num_res_blocks_middle):
             h = ResBlock3d(chs[0], chs[0], self.dtype, name=f"middle_block_{j}")(h)
         i = 0
@@ -133,4 +120,4 @@ class SparseStructureDecoder(nn.Module):
                 h = _Resample(chs[level + 1], up=True, dtype=self.dtype, name=f"blocks_{i}")(h)
                 i += 1
         h = nn.silu(AffineLayerNorm(1e-5, name="out_layer_0")(h.astype(jnp.float32)))
-        return conv3d(self.out_channels, 3, "out_layer_2")(h)
+        return Conv3d(self.out_channels, 3, name="out_layer_2")(h)
