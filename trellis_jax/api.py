@@ -54,14 +54,15 @@ class _Pipeline:
         """A pipeline directory (official layout). formats: the decoders to run (default: every one the
         directory has). Encoder weights: HF-format directories (without them a random frozen encoder,
         which the loader announces)."""
-        from trellis_jax.sample import FORMAT_ROLES, load_generator
+        from trellis_jax.sample import load_generator
+        from trellis_jax.sampling.pipeline import DECODER_ROLES
 
         pipe, cond, kind = load_generator(path, capacity=capacity, image_encoder=image_encoder,
                                           text_encoder=text_encoder, search_roots=search_roots)
         if kind != cls.kind:
             raise ValueError(f"{Path(path) / 'pipeline.json'}: a {kind}-conditioned pipeline; use "
                              f"Trellis{'Image' if kind == 'image' else 'Text'}To3DPipeline")
-        available = tuple(f for f in FORMATS if FORMAT_ROLES[f] in pipe.models)
+        available = tuple(f for f in FORMATS if DECODER_ROLES[f] in pipe.models)
         chosen = tuple(formats) if formats is not None else available
         missing = [f for f in chosen if f not in available]
         if missing:

@@ -28,9 +28,7 @@ from PIL import Image
 from trellis_jax.atomic import check_output_dir, check_writable_dir
 from trellis_jax.conditioning import encode_conditions
 from trellis_jax.export.asset import AssetOptions, add_asset_arguments, asset_options, export_sample, host_meshes
-from trellis_jax.sampling.pipeline import TrellisPipeline
-
-FORMAT_ROLES = {"gaussian": "slat_decoder_gs", "radiance_field": "slat_decoder_rf", "mesh": "slat_decoder_mesh"}
+from trellis_jax.sampling.pipeline import DECODER_ROLES, TrellisPipeline
 
 
 def load_generator(weights: str | Path, *, capacity: int = 32768, image_encoder=None, text_encoder=None,
@@ -48,7 +46,7 @@ def load_generator(weights: str | Path, *, capacity: int = 32768, image_encoder=
     weights = Path(weights)
     loaded = load_pipeline(weights, search_roots=search_roots)
     # the formats the per-asset files need: Gaussians, and the radiance field / mesh when the pipeline has their decoders
-    formats = ("gaussian",) + tuple(f for f in ("radiance_field", "mesh") if FORMAT_ROLES[f] in loaded["models"])
+    formats = ("gaussian",) + tuple(f for f in ("radiance_field", "mesh") if DECODER_ROLES[f] in loaded["models"])
     try:
         pipe = TrellisPipeline.from_checkpoint(loaded, capacity=capacity, formats=formats, **sampler_overrides)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -56,7 +54,7 @@ def load_generator(weights: str | Path, *, capacity: int = 32768, image_encoder=
     for stage, sampler in (("sparse_structure_sampler", pipe.ss_sampler), ("slat_sampler", pipe.slat_sampler)):
         if int(sampler.steps) < 1:
             raise ValueError(f"{weights / 'pipeline.json'}: {stage} steps must be >= 1, got {sampler.steps}")
-    missing = [f"{fmt} (needs a '{FORMAT_ROLES[fmt]}' model)" for fmt in pipe.formats if FORMAT_ROLES[fmt] not in pipe.models]
+    missing = [f"{fmt} (needs a '{DECODER_ROLES[fmt]}' model)" for fmt in pipe.formats if DECODER_ROLES[fmt] not in pipe.models]
     if missing:
         raise ValueError(f"{weights / 'pipeline.json'}: no decoder for the requested format(s) {', '.join(missing)}")
     raw = loaded["raw"]

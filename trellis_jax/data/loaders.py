@@ -34,7 +34,6 @@ Multi-worker use needs parsed absl flags (`absl.flags.FLAGS.mark_as_parsed()`) a
 from __future__ import annotations
 
 import bisect
-import io
 import json
 import os
 import sys

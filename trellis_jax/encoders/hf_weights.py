@@ -69,10 +69,6 @@ def _dinov2_rules(num_layers: int) -> list[tuple[str, Callable[[re.Match, np.nda
             return {f"layer_{i}/{n}/{leaf}": fn(p) for n, p in zip(("q_proj", "k_proj", "v_proj"), parts)}
         return f
 
-    lin = lambda dst: [
-        (rf"(\d+)\.{{}}\.weight", one(f"layer_{{0}}/{dst}/kernel", _linear)),
-        (rf"(\d+)\.{{}}\.bias", one(f"layer_{{0}}/{dst}/bias")),
-    ]
     rules = [
         (r"(?:embeddings\.)?cls_token", one("cls_token")),
         (r"(?:embeddings\.)?register_tokens", one("register_tokens")),

@@ -1,7 +1,7 @@
 """Official checkpoint class names -> Flax networks, and tiny dummy inputs for shape inference."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import jax.numpy as jnp
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from trellis_jax.models.slat_vae_trunk import SLatVAEBase

@@ -13,7 +13,7 @@ image i mod K) or 'multidiffusion' (conditional velocity = mean over the K image
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
