@@ -322,11 +322,12 @@ def take_rows(x: jax.Array, index: jax.Array) -> jax.Array:
 def segment_bounds(segment_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(start, end) int32 [B, L]: the half-open row range [start, end) of each row's run of equal
     segment ids in segment_ids [B, L] (for sorted tokens: the row's whole group)."""
-    B, L = segment_ids.shape
+    L = segment_ids.shape[1]
     rows = jnp.arange(L, dtype=jnp.int32)
-    change = segment_ids[:, 1:] != segment_ids[:, :-1]
-    first = jnp.concatenate([jnp.ones((B, 1), bool), change], axis=1)
-    last = jnp.concatenate([change, jnp.ones((B, 1), bool)], axis=1)
+    # neighbours built from segment_ids itself (so under explicit sharding every operand shares its
+    # sharding); the edge rows compare against a value unequal to their own
+    first = segment_ids != jnp.concatenate([segment_ids[:, :1] - 1, segment_ids[:, :-1]], axis=1)
+    last = segment_ids != jnp.concatenate([segment_ids[:, 1:], segment_ids[:, -1:] + 1], axis=1)
     start = jax.lax.cummax(jnp.where(first, rows, 0), axis=1)
     end = jax.lax.cummin(jnp.where(last, rows + 1, L), axis=1, reverse=True)
     return start, end
