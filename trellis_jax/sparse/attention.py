@@ -256,6 +256,32 @@ def row_extent(mask: jax.Array) -> jax.Array:
     return jnp.max(jnp.where(mask, jnp.arange(1, L + 1, dtype=jnp.int32), 0))
 
 
+def _online_softmax_init(q):
+    """(m, l, acc) for q [B, H, Lq, D]: built from q, so the carry keeps q's sharding (under explicit
+    sharding both branches of a cond on the carry must agree on it)."""
+    acc0 = jnp.zeros_like(q, jnp.float32)
+    return jnp.full_like(acc0[..., 0], _NEG), jnp.zeros_like(acc0[..., 0]), acc0
+
+
+def _online_softmax_step(carry, q, k, v, allowed):
+    """Fold one key block into the flash-softmax carry: q [B, H, Lq, D] (pre-scaled), k / v [B, H, Lk, D],
+    allowed bool [B, Lq, Lk]."""
+    m, l, acc = carry
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) + _key_bias(allowed)[:, None]
+    m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
+    p = jnp.exp(logits - m_new[..., None])
+    corr = jnp.exp(m - m_new)
+    pv = jnp.einsum("bhqk,bhkd->bhqd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return m_new, l * corr + jnp.sum(p, axis=-1), acc * corr[..., None] + pv
+
+
+def _online_softmax_result(carry, dtype):
+    """The attention output [B, H, Lq, D] of a carry; a query that met no allowed key (padding) keeps
+    m = _NEG (and garbage in acc / l): output 0."""
+    m, l, acc = carry
+    return jnp.where((m > _NEG / 2)[..., None], acc / jnp.maximum(l, 1e-30)[..., None], 0.0).astype(dtype)
+
+
 def extent_limited_attention(q, k, v, segment_ids, chunk_size=128, key_block=256, scale=None):
     """Self-attention among tokens of equal segment id (q/k/v [B, L, H, D], segment_ids [B, L], -1 =
     padding) that computes nothing past the batch's *extent*: the last valid row + 1, over the batch.
@@ -284,26 +310,15 @@ def extent_limited_attention(q, k, v, segment_ids, chunk_size=128, key_block=256
     def attend(q_i, s_i):  # q_i [B, H, cq, D] -> [B, H, cq, D]
         def key_step(carry, j):
             def update(carry):
-                m, l, acc = carry
                 s_j = jax.lax.dynamic_index_in_dim(skb, j, keepdims=False)
                 k_j, v_j = (jax.lax.dynamic_index_in_dim(t, j, keepdims=False) for t in (kb, vb))
-                bias = _key_bias((s_i[:, :, None] == s_j[:, None, :]) & (s_i[:, :, None] >= 0))[:, None]  # [B, 1, cq, ck]
-                logits = jnp.einsum("bhqd,bhkd->bhqk", q_i, k_j, preferred_element_type=jnp.float32) + bias
-                m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
-                p = jnp.exp(logits - m_new[..., None])
-                corr = jnp.exp(m - m_new)
-                pv = jnp.einsum("bhqk,bhkd->bhqd", p.astype(v_j.dtype), v_j, preferred_element_type=jnp.float32)
-                return m_new, l * corr + jnp.sum(p, axis=-1), acc * corr[..., None] + pv
+                allowed = (s_i[:, :, None] == s_j[:, None, :]) & (s_i[:, :, None] >= 0)  # [B, cq, ck]
+                return _online_softmax_step(carry, q_i, k_j, v_j, allowed)
 
             return jax.lax.cond(j * ck < extent, update, lambda c: c, carry), None
 
-        # Built from q_i so the carry has q_i's sharding (under explicit sharding both cond branches
-        # must agree on it, and the update branch inherits it from q_i).
-        acc0 = jnp.zeros_like(q_i, jnp.float32)  # [B, H, cq, D]
-        init = (jnp.full_like(acc0[..., 0], _NEG), jnp.zeros_like(acc0[..., 0]), acc0)
-        (m, l, acc), _ = jax.lax.scan(key_step, init, jnp.arange(nk))
-        # l >= 1: key block 0 always runs. No allowed key (padding query): m stays _NEG -> 0.
-        return jnp.where((m > _NEG / 2)[..., None], acc / l[..., None], 0.0).astype(q_i.dtype)
+        carry, _ = jax.lax.scan(key_step, _online_softmax_init(q_i), jnp.arange(nk))
+        return _online_softmax_result(carry, q_i.dtype)  # key block 0 always runs, so l >= 1 where it counts
 
     @jax.checkpoint
     def one_chunk(args):
@@ -367,27 +382,16 @@ def span_limited_segment_attention(q, k, v, segment_ids, max_group, query_block=
 
         def key_step(carry, j):
             def update(carry):
-                m, l, acc = carry
                 r0 = lo_i + j * bk
                 k_j, v_j = (jax.lax.dynamic_slice_in_dim(t, r0, bk, axis=2) for t in (kp, vp))
                 s_j = jax.lax.dynamic_slice_in_dim(sp, r0, bk, axis=1)
                 allowed = (s_i[:, :, None] == s_j[:, None, :]) & (s_i[:, :, None] >= 0)
-                logits = jnp.einsum("bhqd,bhkd->bhqk", q_i, k_j, preferred_element_type=jnp.float32)
-                logits = logits + jnp.where(allowed, 0.0, _NEG)[:, None]
-                m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
-                p = jnp.exp(logits - m_new[..., None])
-                corr = jnp.exp(m - m_new)
-                pv = jnp.einsum("bhqk,bhkd->bhqd", p.astype(v_j.dtype), v_j, preferred_element_type=jnp.float32)
-                return m_new, l * corr + jnp.sum(p, axis=-1), acc * corr[..., None] + pv
+                return _online_softmax_step(carry, q_i, k_j, v_j, allowed)
 
             return jax.lax.cond(lo_i + j * bk < hi_i, update, lambda c: c, carry), None
 
-        acc0 = jnp.zeros_like(q_i, jnp.float32)  # built from q_i: the carry keeps q_i's sharding
-        init = (jnp.full_like(acc0[..., 0], _NEG), jnp.zeros_like(acc0[..., 0]), acc0)
-        (m, l, acc), _ = jax.lax.scan(key_step, init, jnp.arange(steps))
-        # A query that met no allowed key (padding) keeps m = _NEG (and garbage in acc / l): output 0.
-        out = jnp.where((m > _NEG / 2)[..., None], acc / jnp.maximum(l, 1e-30)[..., None], 0.0)
-        return jnp.swapaxes(out, 1, 2).astype(q_i.dtype)  # [B, bq, H, D]
+        carry, _ = jax.lax.scan(key_step, _online_softmax_init(q_i), jnp.arange(steps))
+        return jnp.swapaxes(_online_softmax_result(carry, q_i.dtype), 1, 2)  # [B, bq, H, D]
 
     out = jax.lax.map(one_block, (qb, sqb, lo, hi))  # [nq, B, bq, H, D]
     return jnp.moveaxis(out, 0, 1).reshape(B, nq * bq, H, D)[:, :L]
