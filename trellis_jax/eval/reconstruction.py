@@ -28,6 +28,7 @@ from trellis_jax.eval import metrics
 from trellis_jax.eval.surface import sample_surface
 from trellis_jax.models.registry import build_model, dummy_inputs
 from trellis_jax.render.preview import render_gaussian_views
+from trellis_jax.render.turntable import render_field_views
 from trellis_jax.sparse.tensor import SparseTensor
 
 MIN_BUCKET = 1024  # voxel rows are padded to a power of two >= this: few compiled shapes
@@ -169,34 +170,17 @@ class SLatAutoencoder:
 
     def render_rf(self, latent, extrinsics: np.ndarray, intrinsics: np.ndarray, resolution: int, background,
                   sample_capacity: int, ray_chunk: int) -> np.ndarray:
-        """The radiance-field decoder's renders f32 [V, R, R, 3] over `background` at the given views; when a
-        ray holds more occupied samples than `sample_capacity`, it is re-rendered with the capacity it needed."""
+        """The radiance-field decoder's renders uint8 [V, R, R, 3] over `background` at the given views, by the
+        turntable's renderer (a view whose rays need more than `sample_capacity` samples is re-rendered)."""
         field = self._decode_rf(self.decoder_rf[1], latent)
         if not all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(field)):
             raise ValueError("the decoded radiance field holds NaN/Inf values")
-        args = (jnp.asarray(extrinsics), jnp.asarray(intrinsics), jnp.asarray(background, jnp.float32), resolution)
-        rgb, overflow, need = self._render_rf(field, *args, sample_capacity, ray_chunk)
-        if np.asarray(overflow).any():
-            rgb, overflow, need = self._render_rf(field, *args, _bucket(int(np.max(need))), ray_chunk)
-        if np.asarray(overflow).any():
-            raise ValueError(f"radiance-field rays still overflow at {_bucket(int(np.max(need)))} samples per ray")
-        return np.asarray(rgb)
+        one = jax.tree.map(lambda x: x[0], field)
+        return render_field_views(one, extrinsics, intrinsics, resolution, background, sample_capacity, ray_chunk)
 
     @functools.cached_property
     def _decode_rf(self):
         return jax.jit(self.decoder_rf[0].apply)
-
-    @functools.cached_property
-    def _render_rf(self):
-        from trellis_jax.render.radiance_field import render_radiance_field
-
-        def run(field, ext, intr, bg, resolution, sample_capacity, ray_chunk):
-            one = jax.tree.map(lambda x: x[0], field)
-            r = jax.lax.map(lambda ek: render_radiance_field(one, ek[0], ek[1], bg, height=resolution, width=resolution,
-                                                             sample_capacity=sample_capacity, ray_chunk=ray_chunk), (ext, intr))
-            return jnp.clip(r.rgb, 0.0, 1.0), r.overflow, r.max_samples
-
-        return jax.jit(run, static_argnums=(4, 5, 6))
 
     @functools.cached_property
     def _decode_mesh(self):
@@ -257,8 +241,8 @@ def evaluate_asset(model: SLatAutoencoder, extractors, meta: dict, arrays: dict,
     if model.decoder_rf is not None:
         rf = model.render_rf(latent, ext, intr, cfg.resolution, tuple(cfg.background), int(cfg.rf_sample_capacity),
                              int(cfg.rf_ray_chunk))
-        row.update(appearance_metrics(rf, gt, extractors, "rf_"))
-        images["rf"] = (rf * 255 + 0.5).astype(np.uint8)
+        row.update(appearance_metrics(rf.astype(np.float32) / 255.0, gt, extractors, "rf_"))
+        images["rf"] = rf
     return row, images
 
 

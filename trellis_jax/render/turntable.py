@@ -98,7 +98,7 @@ def render_field_views(field: Strivec, extrinsics, intrinsics, resolution: int, 
     """One radiance field (a `Strivec` without batch axis: position [L, 3], ..., mask [L]) and cameras ->
     uint8 colour [V, R, R, 3]. Voxels are padded to a power of two (few compiled shapes). A view whose
     rays hold more occupied samples than `sample_capacity` is rendered again with the capacity it needed
-    (kept for later views), so no sample is dropped."""
+    (kept for later views), so no sample is dropped; a view still over it is a CapacityError."""
     L = int(field.mask.shape[0])
     cap = _pow2(L, 1024)
     pad = lambda a: jnp.concatenate([jnp.asarray(a), jnp.zeros((cap - L,) + a.shape[1:], a.dtype)])
@@ -113,6 +113,8 @@ def render_field_views(field: Strivec, extrinsics, intrinsics, resolution: int, 
             k = _pow2(int(r.max_samples), k)
             r = render_radiance_field(padded, jnp.asarray(E, jnp.float32), jnp.asarray(K, jnp.float32), background,
                                       height=resolution, width=resolution, sample_capacity=k, ray_chunk=ray_chunk)
+            if bool(r.overflow):
+                raise CapacityError(f"radiance-field rays still hold more than {k} occupied samples at {resolution}²")
         frames.append((np.clip(np.asarray(r.rgb), 0, 1) * 255).astype(np.uint8))
     return np.stack(frames)
 
