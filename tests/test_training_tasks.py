@@ -80,12 +80,11 @@ def test_released_training_configs_build_the_released_models(spec, count):
     assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.meta.unbox(shapes))) == count
 
 
-def test_frozen_image_encoder_runs_inside_the_step_compiled_once(mesh, compiles):
-    """cond.kind=image: the batch carries cond_image, the frozen DINOv2 runs inside the jitted step under
-    stop_gradient with its params a separate (replicated, non-trained) argument; three steps compile the
-    step once and never the encoder on its own."""
-    cfg = apply_overrides(load_config("experiments/train/ss_flow.py:tiny"), SMALL["ss_flow"] + [
-        "cond.kind=image", "cond.arch=tiny", "model.args.cond_channels=64", "batch_size=2", "init_rng_impl=rbg"])
+def _frozen_encoder_steps(cfg, mesh, compiles, batch_size: int, input_key: str, encoder_jit: str, perturb):
+    """Three steps of a task whose frozen condition/feature encoder runs inside the jitted step: the encoder's
+    params are a separate, replicated argument, not in the trained state; the step compiles once and the
+    encoder never on its own; the input under `input_key` changes the loss (perturb) and no gradient reaches
+    the encoder (stop_gradient). Returns (task, final state, first batch)."""
     task = build_task(cfg)
     rules = sh.rules_from_config(cfg)
     init_fn, step_fn, _ = compile_train(cfg, task, mesh, rules)
@@ -95,51 +94,38 @@ def test_frozen_image_encoder_runs_inside_the_step_compiled_once(mesh, compiles)
     assert len(jax.tree.leaves(state.params)) == n_model  # the encoder is not in the trained state
     assert len(jax.tree.leaves(frozen)) == len(jax.tree.leaves(task.frozen_shapes())) > 0
     assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(frozen))
-    batches = [task.synthetic_batch(2, i) for i in range(3)]
-    assert batches[0]["cond_image"].shape == (2, 70, 70, 3) and "cond" not in batches[0]
+    batches = [task.synthetic_batch(batch_size, i) for i in range(3)]
     for b in batches:
         state, m = step_fn(state, sh.shard_batch(b, mesh), frozen)
         assert m["finite"] == 1.0
-    assert compiles.count("jit(step)") == 1 and compiles.count("jit(tokens)") == 0, compiles
+    assert compiles.count("jit(step)") == 1 and compiles.count(encoder_jit) == 0, compiles
     key = jax.random.PRNGKey(1)
     loss = jax.jit(lambda p, b, f: task.loss(p, b, key, f)[0])
     b = sh.shard_batch(batches[0], mesh)
-    other = dict(b, cond_image=1.0 - b["cond_image"])
-    assert float(loss(state.params, b, frozen)) != float(loss(state.params, other, frozen))  # the image is used
+    other = dict(b, **{input_key: perturb(b[input_key])})
+    assert float(loss(state.params, b, frozen)) != float(loss(state.params, other, frozen))  # the input is encoded
     g = jax.grad(lambda f: loss(state.params, b, f))(frozen)
     assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(g))  # stop_gradient: no gradient reaches it
+    return task, state, batches[0]
+
+
+def test_frozen_image_encoder_runs_inside_the_step_compiled_once(mesh, compiles):
+    """cond.kind=image: the batch carries cond_image and the frozen DINOv2 runs inside the jitted step."""
+    cfg = apply_overrides(load_config("experiments/train/ss_flow.py:tiny"), SMALL["ss_flow"] + [
+        "cond.kind=image", "cond.arch=tiny", "model.args.cond_channels=64", "batch_size=2", "init_rng_impl=rbg"])
+    _, _, batch = _frozen_encoder_steps(cfg, mesh, compiles, 2, "cond_image", "jit(tokens)", lambda x: 1.0 - x)
+    assert batch["cond_image"].shape == (2, 70, 70, 3) and "cond" not in batch
+
 
 @pytest.mark.parametrize("name", ["rf_decoder", pytest.param("mesh_decoder", marks=pytest.mark.slow)])
 def test_decoder_frozen_encoder_runs_inside_the_step_compiled_once(name, mesh, compiles, tmp_path):
-    """rf/mesh decoder: the batch carries the voxel features (no latents), the frozen SLat encoder runs
-    inside the jitted step under stop_gradient with its params a separate, replicated argument: not in
-    the trained state (so not in the checkpoint) nor in the exported models; three steps compile once."""
+    """rf/mesh decoder: the batch carries the voxel features (no latents) and the frozen SLat encoder runs
+    inside the jitted step, so it is neither in the checkpoint nor in the exported models."""
     from trellis_jax.training.trainer import export_models
 
     cfg = apply_overrides(load_config(f"experiments/train/{name}.py:tiny"), SMALL[name] + ["init_rng_impl=rbg"])
-    task = build_task(cfg)
-    rules = sh.rules_from_config(cfg)
-    init_fn, step_fn, _ = compile_train(cfg, task, mesh, rules)
-    state = init_fn(jax.random.PRNGKey(0))
-    frozen = frozen_inputs(task, mesh, rules)
-    n_decoder = len(jax.tree.leaves(jax.eval_shape(task.init_params, jax.random.PRNGKey(0))))
-    assert len(jax.tree.leaves(state.params)) == n_decoder
-    n_encoder = len(jax.tree.leaves(task.frozen_shapes()))
-    assert len(jax.tree.leaves(frozen)) == n_encoder > 0
-    assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(frozen))
-    batches = [task.synthetic_batch(cfg.batch_size, i) for i in range(3)]
-    assert batches[0]["feats"].shape[-1] == task.encoder.in_channels and "latents" not in batches[0]
-    for b in batches:
-        state, m = step_fn(state, sh.shard_batch(b, mesh), frozen)
-        assert m["finite"] == 1.0
-    assert compiles.count("jit(step)") == 1 and compiles.count("jit(encode)") == 0, compiles
-    key = jax.random.PRNGKey(1)
-    loss = jax.jit(lambda p, b, f: task.loss(p, b, key, f)[0])
-    b = sh.shard_batch(batches[0], mesh)
-    other = dict(b, feats=-b["feats"])
-    assert float(loss(state.params, b, frozen)) != float(loss(state.params, other, frozen))  # the features are encoded
-    g = jax.grad(lambda f: loss(state.params, b, f))(frozen)
-    assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(g))  # stop_gradient: no gradient reaches it
+    task, state, batch = _frozen_encoder_steps(cfg, mesh, compiles, cfg.batch_size, "feats", "jit(encode)", lambda x: -x)
+    assert batch["feats"].shape[-1] == task.encoder.in_channels and "latents" not in batch
     paths = export_models(cfg, task, state, tmp_path)
     assert [p.name for p in paths] == [f"{cfg.model.decoder.checkpoint}.json"]
 
