@@ -16,8 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from trellis_jax.modules.layers import RMSNormPerHead, linear
-from trellis_jax.sparse.attention import AttentionLayout, cross_attention, sparse_self_attention
+from trellis_jax.modules.layers import RMSNormPerHead, linear, row_chunked
+from trellis_jax.sparse.attention import AttentionLayout, cross_attention, sorted_self_attention, take_rows
 
 Dtype = Any
 
@@ -31,12 +31,17 @@ class SelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, layout: AttentionLayout | None = None) -> jax.Array:
-        """x [B, L, C] -> [B, L, C]."""
+        """x [B, L, C] -> [B, L, C]. A window layout permutes x into window order once and the output
+        back once (the projections are row-wise), rather than gathering q, k, v and the result."""
         B, L, _ = x.shape
         H = self.num_heads
         Dh = self.channels // H
-        qkv = linear(3 * self.channels, ("embed", "qkv"), "to_qkv", self.dtype)(x)
-        qkv = qkv.reshape(B, L, 3, H, Dh)
+        to_qkv = linear(3 * self.channels, ("embed", "qkv"), "to_qkv", self.dtype)
+        to_out = linear(self.channels, ("qkv", "embed"), "to_out", self.dtype)
+        permuted = layout is not None and layout.kind != "full"
+        if permuted:
+            x = take_rows(x, layout.perm)
+        qkv = row_chunked(to_qkv, x).reshape(B, L, 3, H, Dh)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if self.qk_rms_norm:
             q = RMSNormPerHead(name="q_rms_norm")(q)
@@ -44,9 +49,9 @@ class SelfAttention(nn.Module):
         if layout is None:
             out = cross_attention(q, k, v)  # dense: all tokens attend to all
         else:
-            out = sparse_self_attention(q, k, v, layout, impl=self.attn_impl)
-        out = out.reshape(B, L, self.channels)
-        return linear(self.channels, ("qkv", "embed"), "to_out", self.dtype)(out)
+            out = sorted_self_attention(q, k, v, layout, impl=self.attn_impl)
+        out = row_chunked(to_out, out.reshape(B, L, self.channels))
+        return take_rows(out, layout.inv_perm) if permuted else out
 
 
 class CrossAttention(nn.Module):

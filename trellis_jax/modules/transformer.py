@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from trellis_jax.modules.attention import CrossAttention, SelfAttention
-from trellis_jax.modules.layers import AffineLayerNorm, linear
+from trellis_jax.modules.layers import AffineLayerNorm, linear, row_chunked
 from trellis_jax.sparse.attention import AttentionLayout, full_layout, row_extent
 from trellis_jax.sparse.norm import layer_norm
 from trellis_jax.sparse.tensor import masked
@@ -20,7 +20,7 @@ Dtype = Any
 
 
 class FeedForward(nn.Module):
-    """Linear(C, ratio·C) -> GELU(tanh) -> Linear(ratio·C, C); keys `mlp.0`, `mlp.2`."""
+    """Linear(C, ratio·C) -> GELU(tanh) -> Linear(ratio·C, C) on x [B, L, C], `row_chunked`; keys `mlp.0`, `mlp.2`."""
 
     channels: int
     mlp_ratio: float = 4.0
@@ -29,9 +29,9 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         hidden = int(self.channels * self.mlp_ratio)
-        h = linear(hidden, ("embed", "mlp"), "mlp_0", self.dtype)(x)
-        h = nn.gelu(h, approximate=True)
-        return linear(self.channels, ("mlp", "embed"), "mlp_2", self.dtype)(h)
+        fc1 = linear(hidden, ("embed", "mlp"), "mlp_0", self.dtype)
+        fc2 = linear(self.channels, ("mlp", "embed"), "mlp_2", self.dtype)
+        return row_chunked(lambda t: fc2(nn.gelu(fc1(t), approximate=True)), x)
 
 
 class TransformerBlock(nn.Module):

@@ -404,25 +404,32 @@ def sparse_self_attention(q, k, v, layout: AttentionLayout, *, impl: str = "xla"
     path `block_size` is the key block (half of it the query chunk) of full attention and the block
     of window attention (on CPU, window attention is `span_limited_segment_attention`).
     """
+    if layout.kind == "full":  # perm is the identity
+        return sorted_self_attention(q, k, v, layout, impl=impl, block_size=block_size)
+    qs, ks, vs = (take_rows(t, layout.perm) for t in (q, k, v))
+    return take_rows(sorted_self_attention(qs, ks, vs, layout, impl=impl, block_size=block_size), layout.inv_perm)
+
+
+def sorted_self_attention(q, k, v, layout: AttentionLayout, *, impl: str = "xla", block_size: int = 256):
+    """`sparse_self_attention` of tokens already in the layout's sorted order (rows permuted by
+    `layout.perm`; for 'full' layouts that is the original order) -> [B, L, H, D] in that order.
+
+    A caller whose surrounding ops are row-wise (the projections around attention) permutes its
+    input once and its output back once, instead of gathering q, k and v and scattering the result.
+    """
     if impl == "xla":
         if layout.kind == "full":  # 128 x 256 logit tiles: per-step logits stay cache-sized at batch 16
             return extent_limited_attention(q, k, v, layout.segment_ids, max(block_size // 2, 1), block_size)
-        qs, ks, vs = (take_rows(t, layout.perm) for t in (q, k, v))
         # CPU runs its real branches (lax.cond), so it skips the keys outside each block's groups;
         # elsewhere the static 2r+1-block neighbourhoods, with no control flow, stay the faster form.
-        out = jax.lax.platform_dependent(
-            qs, ks, vs, layout.segment_ids,
+        return jax.lax.platform_dependent(
+            q, k, v, layout.segment_ids,
             cpu=lambda *a: span_limited_segment_attention(*a, layout.max_group),
             default=lambda *a: blocked_segment_attention(*a, layout.max_group, block_size))
-        return take_rows(out, layout.inv_perm)
     if impl == "pallas":
         from kernels.block_sparse_attention import block_sparse_attention
 
-        if layout.kind == "full":
-            return block_sparse_attention(q, k, v, layout.segment_ids, max_group=layout.max_group)
-        qs, ks, vs = (take_rows(t, layout.perm) for t in (q, k, v))
-        out = block_sparse_attention(qs, ks, vs, layout.segment_ids, max_group=layout.max_group)
-        return take_rows(out, layout.inv_perm)
+        return block_sparse_attention(q, k, v, layout.segment_ids, max_group=layout.max_group)
     raise ValueError(f"unknown attention impl {impl!r} (expected 'xla' or 'pallas')")
 
 
