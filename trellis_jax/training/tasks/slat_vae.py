@@ -151,17 +151,24 @@ class SLatVAETask(Task):
 def _draw_voxels(xyz: np.ndarray, rgb: np.ndarray, size: float, extrinsics: np.ndarray, intrinsics: np.ndarray,
                  res: int) -> tuple[np.ndarray, np.ndarray]:
     """Voxel centres xyz [N, 3] (world) with colours rgb [N, 3] as opaque discs of the projected voxel
-    size, nearest one per pixel -> (image [res, res, 3], alpha [res, res])."""
+    size, nearest one per pixel (ties: the lower index) -> (image [res, res, 3], alpha [res, res]).
+
+    Painter's order, each disc over its own bounding box: memory O(res²), not the O(N·res²) of a
+    depth test of every voxel at every pixel (40 GB for a released 32K-voxel asset at 512²)."""
     cam = xyz @ extrinsics[:3, :3].T + extrinsics[:3, 3]
     z = np.maximum(cam[:, 2], 1e-6)
     u = intrinsics[0, 0] * res * cam[:, 0] / z + intrinsics[0, 2] * res
     v = intrinsics[1, 1] * res * cam[:, 1] / z + intrinsics[1, 2] * res
     radius = np.maximum(intrinsics[0, 0] * res * size / z * 0.7, 0.5)
+    image = np.zeros((res, res, 3), np.float32)
+    alpha = np.zeros((res, res), np.float32)
     px = np.arange(res) + 0.5
-    inside = (np.square(px[None, None, :] - u[:, None, None]) + np.square(px[None, :, None] - v[:, None, None])
-              <= np.square(radius)[:, None, None])                                   # [N, res(y), res(x)]
-    depth = np.where(inside, z[:, None, None], np.inf)
-    nearest = np.argmin(depth, 0)
-    hit = np.isfinite(np.min(depth, 0))
-    image = np.where(hit[..., None], rgb[nearest], 0.0).astype(np.float32)
-    return image, hit.astype(np.float32)
+    span = lambda c, r: (max(int(np.ceil(c - r - 0.5)), 0), min(int(np.floor(c + r - 0.5)), res - 1) + 1)
+    for n in np.lexsort((-np.arange(len(z)), -z)):  # far to near; among equal depths the lowest index last
+        (x0, x1), (y0, y1) = span(u[n], radius[n]), span(v[n], radius[n])
+        if x0 >= x1 or y0 >= y1:
+            continue
+        inside = (np.square(px[None, x0:x1] - u[n]) + np.square(px[y0:y1, None] - v[n])) <= np.square(radius[n])
+        image[y0:y1, x0:x1][inside] = rgb[n]
+        alpha[y0:y1, x0:x1][inside] = 1.0
+    return image, alpha
