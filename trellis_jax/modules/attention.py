@@ -41,8 +41,9 @@ class SelfAttention(nn.Module):
         permuted = layout is not None and layout.kind != "full"
         if permuted:
             x = take_rows(x, layout.perm)
-        qkv = row_chunked(to_qkv, x).reshape(B, L, 3, H, Dh)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        # q, k and v leave the slices separately: no [B, L, 3C] buffer beside them
+        split = lambda qkv: tuple(qkv.reshape(qkv.shape[:2] + (3, H, Dh))[:, :, j] for j in range(3))
+        q, k, v = row_chunked(lambda t: split(to_qkv(t)), x)
         if self.qk_rms_norm:
             q = RMSNormPerHead(name="q_rms_norm")(q)
             k = RMSNormPerHead(name="k_rms_norm")(k)

@@ -19,7 +19,8 @@ ROW_CHUNK = 2048
 
 def row_chunked(fn, x: jax.Array, rows: int = ROW_CHUNK) -> jax.Array:
     """fn(x) for a row-wise fn (each token's output depends on that token alone: linears, MLPs) on
-    x [B, L, ...], computed on ⌈L / rows⌉ equal slices of the L axis and joined by one concatenate.
+    x [B, L, ...], computed on ⌈L / rows⌉ equal slices of the L axis and joined by one concatenate
+    per output (fn may return a tuple of [B, L', ...] arrays, e.g. q, k, v).
 
     Same values (the slices are unrolled, not a loop, so the compiler's flop count stays right); the
     intermediates between fn's ops are a slice's, not the whole sequence's. Short sequences run whole.
@@ -29,7 +30,8 @@ def row_chunked(fn, x: jax.Array, rows: int = ROW_CHUNK) -> jax.Array:
     if n <= 1:
         return fn(x)
     size = -(-L // n)
-    return jnp.concatenate([fn(x[:, i:i + size]) for i in range(0, L, size)], axis=1)
+    parts = [fn(x[:, i:i + size]) for i in range(0, L, size)]
+    return jax.tree.map(lambda *p: jnp.concatenate(p, axis=1), *parts)
 
 
 def linear(
