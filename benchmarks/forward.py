@@ -8,7 +8,7 @@ Cases (released args): `gs` G_S text-base (768 ch, 12 blocks, 16³×8 latent, 77
 decoder on the same voxels. `bf16` runs compute and weights in bfloat16.
 Each case runs in its own process (so its peak RSS is its own) and prints: seconds (min / median of
 `repeats` calls after compile), compile seconds, XLA's `memory_analysis()` (arguments + temporaries
-of the compiled program), the process's peak RSS, GFLOP/s from the compiler's flop count, and that
+of the compiled program), the process's peak RSS (JAX_PLATFORMS=cpu unless set), GFLOP/s from the compiler's flop count, and that
 rate over a 2048² float32 matmul measured in the same process (the machine's practical roofline).
 Last line: `forward: <case>_<dtype>=<median s> ...`.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -108,12 +109,14 @@ def main(argv=None) -> int:
         print(json.dumps(run_one(*args.one, args.repeats)))
         return 0
     rows = []
+    # a CPU measurement: without JAX_PLATFORMS jax also loads libtpu where the `tpu` extra is installed (+0.08 GiB RSS)
+    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
     print(f"{'case':>8} {'dtype':>5} {'min s':>7} {'median s':>8} {'compile s':>9} {'XLA args GiB':>12} {'XLA temp GiB':>12} "
           f"{'peak RSS GiB':>12} {'GFLOP/s':>8} {'of matmul':>9}", flush=True)
     for case in args.cases.split(","):
         for dt in args.dtypes.split(","):
             proc = subprocess.run([sys.executable, __file__, "--one", case, dt, "--repeats", str(args.repeats)],
-                                  capture_output=True, text=True, cwd=REPO)
+                                  capture_output=True, text=True, cwd=REPO, env=env)
             if proc.returncode:
                 print(f"{case:>8} {dt:>5} failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
                 continue
