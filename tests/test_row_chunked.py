@@ -35,3 +35,12 @@ def test_row_chunked_slices_evenly_and_keeps_short_sequences_whole():
     seen.clear()
     row_chunked(f, x, 16)
     assert seen == [10]
+
+
+def test_row_chunked_slices_on_cpu_only():
+    """The CPU program holds the slices' concatenate; a TPU lowering runs fn on the whole sequence."""
+    f = jax.jit(lambda t: row_chunked(lambda s: jnp.tanh(s) * 2.0, t, 4))
+    x = jnp.ones((1, 10, 3))
+    cpu = f.trace(x).lower(lowering_platforms=("cpu",)).as_text()
+    tpu = f.trace(x).lower(lowering_platforms=("tpu",)).as_text()
+    assert "concatenate" in cpu and "concatenate" not in tpu

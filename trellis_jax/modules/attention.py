@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from trellis_jax.modules.layers import RMSNormPerHead, linear, row_chunked
+from trellis_jax.modules.layers import DenseParams, RMSNormPerHead, apply_dense, linear, row_chunked
 from trellis_jax.sparse.attention import AttentionLayout, cross_attention, sorted_self_attention, take_rows
 
 Dtype = Any
@@ -36,14 +36,14 @@ class SelfAttention(nn.Module):
         B, L, _ = x.shape
         H = self.num_heads
         Dh = self.channels // H
-        to_qkv = linear(3 * self.channels, ("embed", "qkv"), "to_qkv", self.dtype)
-        to_out = linear(self.channels, ("qkv", "embed"), "to_out", self.dtype)
+        to_qkv = DenseParams(3 * self.channels, ("embed", "qkv"), name="to_qkv")(x.shape[-1])
+        to_out = DenseParams(self.channels, ("qkv", "embed"), name="to_out")(self.channels)
         permuted = layout is not None and layout.kind != "full"
         if permuted:
             x = take_rows(x, layout.perm)
         # q, k and v leave the slices separately: no [B, L, 3C] buffer beside them
         split = lambda qkv: tuple(qkv.reshape(qkv.shape[:2] + (3, H, Dh))[:, :, j] for j in range(3))
-        q, k, v = row_chunked(lambda t: split(to_qkv(t)), x)
+        q, k, v = row_chunked(lambda t: split(apply_dense(t, to_qkv, self.dtype)), x)
         if self.qk_rms_norm:
             q = RMSNormPerHead(name="q_rms_norm")(q)
             k = RMSNormPerHead(name="k_rms_norm")(k)
@@ -51,7 +51,7 @@ class SelfAttention(nn.Module):
             out = cross_attention(q, k, v)  # dense: all tokens attend to all
         else:
             out = sorted_self_attention(q, k, v, layout, impl=self.attn_impl)
-        out = row_chunked(to_out, out.reshape(B, L, self.channels))
+        out = row_chunked(lambda t: apply_dense(t, to_out, self.dtype), out.reshape(B, L, self.channels))
         return take_rows(out, layout.inv_perm) if permuted else out
 
 

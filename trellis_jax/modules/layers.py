@@ -13,25 +13,55 @@ Dtype = Any
 
 
 # Tokens per slice of `row_chunked`: a [2048, 4·1024] f32 hidden is 32 MiB, where the whole hidden of a
-# 24K-voxel decoder trunk is 390 MiB that each elementwise op between the two matmuls streams through memory.
+# 24K-voxel decoder trunk is 390 MiB that each elementwise op between the two matmuls streams through memory
+# (and XLA CPU's matmul ran a [24856, 768] x [768, 3072] product at 268 GFLOP/s, 2,048-row slices at 452).
 ROW_CHUNK = 2048
 
 
-def row_chunked(fn, x: jax.Array, rows: int = ROW_CHUNK) -> jax.Array:
-    """fn(x) for a row-wise fn (each token's output depends on that token alone: linears, MLPs) on
-    x [B, L, ...], computed on ⌈L / rows⌉ equal slices of the L axis and joined by one concatenate
+def row_chunked(fn, x: jax.Array, rows: int = ROW_CHUNK):
+    """fn(x) for a pure, row-wise fn (each token's output depends on that token alone: linears, MLPs)
+    on x [B, L, ...]; on CPU computed on ⌈L / rows⌉ equal slices of the L axis joined by one concatenate
     per output (fn may return a tuple of [B, L', ...] arrays, e.g. q, k, v).
 
     Same values (the slices are unrolled, not a loop, so the compiler's flop count stays right); the
-    intermediates between fn's ops are a slice's, not the whole sequence's. Short sequences run whole.
+    intermediates between fn's ops are a slice's, not the whole sequence's. Other platforms run fn
+    whole (`lax.platform_dependent`): the TPU compiler tiles matmuls itself, and the slices would
+    multiply the ops of the released programs it compiles.
     """
     L = x.shape[1]
     n = -(-L // rows)
     if n <= 1:
         return fn(x)
     size = -(-L // n)
-    parts = [fn(x[:, i:i + size]) for i in range(0, L, size)]
-    return jax.tree.map(lambda *p: jnp.concatenate(p, axis=1), *parts)
+
+    def sliced(x):
+        parts = [fn(x[:, i:i + size]) for i in range(0, L, size)]
+        return jax.tree.map(lambda *p: jnp.concatenate(p, axis=1), *parts)
+
+    return jax.lax.platform_dependent(x, cpu=sliced, default=fn)
+
+
+class DenseParams(nn.Module):
+    """The parameters `linear` would create (kernel [in, out] Xavier-uniform, bias [out] zero, logical
+    `axes`), returned instead of applied, for pure functions such as the slices of `row_chunked`."""
+
+    features: int
+    axes: tuple
+
+    @nn.compact
+    def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array]:
+        init = nn.initializers.xavier_uniform()
+        kernel = self.param("kernel", nn.with_logical_partitioning(init, tuple(self.axes)), (in_features, self.features), jnp.float32)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axes[-1],)), (self.features,), jnp.float32)
+        return kernel, bias
+
+
+def apply_dense(x: jax.Array, params: tuple[jax.Array, jax.Array], dtype: Dtype) -> jax.Array:
+    """x [..., in] @ kernel + bias in `dtype`, the same ops as nn.Dense(dtype=dtype)."""
+    kernel, bias = params
+    x, kernel, bias = (a.astype(dtype) for a in (x, kernel, bias))
+    y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+    return y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
 
 
 def linear(

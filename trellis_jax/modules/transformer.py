@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from trellis_jax.modules.attention import CrossAttention, SelfAttention
-from trellis_jax.modules.layers import AffineLayerNorm, linear, row_chunked
+from trellis_jax.modules.layers import AffineLayerNorm, DenseParams, apply_dense, linear, row_chunked
 from trellis_jax.sparse.attention import AttentionLayout, full_layout, row_extent
 from trellis_jax.sparse.norm import layer_norm
 from trellis_jax.sparse.tensor import masked
@@ -29,9 +29,9 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         hidden = int(self.channels * self.mlp_ratio)
-        fc1 = linear(hidden, ("embed", "mlp"), "mlp_0", self.dtype)
-        fc2 = linear(self.channels, ("mlp", "embed"), "mlp_2", self.dtype)
-        return row_chunked(lambda t: fc2(nn.gelu(fc1(t), approximate=True)), x)
+        fc1 = DenseParams(hidden, ("embed", "mlp"), name="mlp_0")(x.shape[-1])
+        fc2 = DenseParams(self.channels, ("mlp", "embed"), name="mlp_2")(hidden)
+        return row_chunked(lambda t: apply_dense(nn.gelu(apply_dense(t, fc1, self.dtype), approximate=True), fc2, self.dtype), x)
 
 
 class TransformerBlock(nn.Module):
