@@ -50,9 +50,9 @@ class DenseParams(nn.Module):
 
     @nn.compact
     def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array]:
-        init = nn.initializers.xavier_uniform()
-        kernel = self.param("kernel", nn.with_logical_partitioning(init, tuple(self.axes)), (in_features, self.features), jnp.float32)
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axes[-1],)), (self.features,), jnp.float32)
+        kernel_init, bias_init = _dense_inits(self.axes)
+        kernel = self.param("kernel", kernel_init, (in_features, self.features), jnp.float32)
+        bias = self.param("bias", bias_init, (self.features,), jnp.float32)
         return kernel, bias
 
 
@@ -77,16 +77,17 @@ def linear(
     `axes` are the logical axis names of the kernel [in, out] ('embed', 'mlp', ...: the
     names `DEFAULT_RULES` in trellis_jax/training/sharding.py maps onto the mesh).
     """
+    kernel_init, bias_init = _dense_inits(axes, zero_init, kernel_init)
+    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init, bias_init=bias_init, name=name)
+
+
+def _dense_inits(axes: Sequence[str | None], zero_init: bool = False, kernel_init=None):
+    """(kernel, bias) initialisers of `linear` / `DenseParams`: Xavier-uniform (or zero, or `kernel_init`)
+    kernel on logical `axes`, zero bias on the output axis."""
     if kernel_init is None:
         kernel_init = nn.initializers.zeros if zero_init else nn.initializers.xavier_uniform()
-    return nn.Dense(
-        features,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=nn.with_logical_partitioning(kernel_init, tuple(axes)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[-1],)),
-        name=name,
-    )
+    return (nn.with_logical_partitioning(kernel_init, tuple(axes)),
+            nn.with_logical_partitioning(nn.initializers.zeros, (axes[-1],)))
 
 
 class AffineLayerNorm(nn.Module):
