@@ -107,14 +107,14 @@ def render_field_views(field: Strivec, extrinsics, intrinsics, resolution: int, 
     frames, k = [], int(sample_capacity)
     views = list(zip(extrinsics, intrinsics))
     for E, K in (progress(views) if progress else views):
-        r = render_radiance_field(padded, jnp.asarray(E, jnp.float32), jnp.asarray(K, jnp.float32), background,
-                                  height=resolution, width=resolution, sample_capacity=k, ray_chunk=ray_chunk)
-        if bool(r.overflow):
-            k = _pow2(int(r.max_samples), k)
+        for attempt in range(2):
             r = render_radiance_field(padded, jnp.asarray(E, jnp.float32), jnp.asarray(K, jnp.float32), background,
                                       height=resolution, width=resolution, sample_capacity=k, ray_chunk=ray_chunk)
-            if bool(r.overflow):
+            if not bool(r.overflow):
+                break
+            if attempt:
                 raise CapacityError(f"radiance-field rays still hold more than {k} occupied samples at {resolution}²")
+            k = _pow2(int(r.max_samples), k)
         frames.append((np.clip(np.asarray(r.rgb), 0, 1) * 255).astype(np.uint8))
     return np.stack(frames)
 
