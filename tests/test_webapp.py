@@ -12,6 +12,7 @@ import pytest
 import trimesh
 
 from trellis_jax import webapp
+from trellis_jax.export.asset import AssetOptions
 from trellis_jax.export.gaussian_ply import read_gaussian_ply
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -37,7 +38,9 @@ def server(tmp_path_factory):
     from trellis_jax.sampling.random_pipeline import write_random_pipeline
 
     weights = write_random_pipeline(tmp_path_factory.mktemp("pipe") / "weights", steps=2, mesh=True)
-    app = webapp.App(webapp.load(weights, capacity=2048), tmp_path_factory.mktemp("results"), num_frames=4, resolution=48)
+    # a small bake: the default (100 views at 512², twice rasterised) alone takes ~160 s on a 2-core host
+    assets = AssetOptions(video_frames=4, video_resolution=48, texture_size=128, bake_views=6, bake_resolution=96)
+    app = webapp.App(webapp.load(weights, capacity=2048), tmp_path_factory.mktemp("results"), assets)
     srv = webapp.serve(app, "127.0.0.1", 0)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()

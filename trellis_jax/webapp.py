@@ -2,6 +2,7 @@
 
     trellis-jax app --weights DIR [--host 127.0.0.1] [--port 7860] [--out DIR]
                     [--image-encoder HF_DIR | --text-encoder HF_DIR] [--ckpt-root DIR ...]
+                    [asset flags of `generate`: --texture-size, --bake-views, --video-frames, ...]
 
 One page: an image upload (image pipelines) or a text prompt (text pipelines), the seed and the two
 stages' sampler settings (steps, guidance strength). Submitting runs the pipeline (`trellis_jax.api`:
@@ -33,6 +34,7 @@ import numpy as np
 
 from trellis_jax import api
 from trellis_jax.atomic import atomic_directory
+from trellis_jax.export.asset import AssetOptions, add_asset_arguments, asset_options
 
 # (form field, sampler dict, parameter, type, lower bound, upper bound): the settings the page exposes.
 SETTINGS = (
@@ -125,11 +127,13 @@ def read_upload(data: bytes):
 
 
 class App:
-    """The loaded pipeline, the output folder and the lock that makes generation one at a time."""
+    """The loaded pipeline, the output folder, how the GLB and the preview are made (`generate`'s asset
+    options; the preview needs video_frames >= 1) and the lock that makes generation one at a time."""
 
-    def __init__(self, pipe: api._Pipeline, out_dir: Path, num_frames: int = 120, resolution: int = 512, fps: int = 15):
-        self.pipe, self.out_dir = pipe, Path(out_dir)
-        self.num_frames, self.resolution, self.fps = num_frames, resolution, fps
+    def __init__(self, pipe: api._Pipeline, out_dir: Path, assets: AssetOptions = AssetOptions()):
+        if assets.check().video_frames < 1:
+            raise ValueError(f"--video-frames must be >= 1 (the page's turntable preview), got {assets.video_frames}")
+        self.pipe, self.out_dir, self.assets = pipe, Path(out_dir), assets
         self.lock = threading.Lock()
 
     def generate(self, fields: dict) -> tuple[str, dict[str, str], float]:
@@ -150,20 +154,21 @@ class App:
             t0 = time.time()
             out = self.pipe.run(condition, seed=seed, sparse_structure_sampler_params=ss, slat_sampler_params=slat)
             gaussian, mesh = out["gaussian"][0], (out["mesh"][0] if "mesh" in out else None)
-            panels = [api.render_video(gaussian, self.num_frames, self.resolution)["color"]]
+            o = self.assets
+            panels = [api.render_video(gaussian, o.video_frames, o.video_resolution)["color"]]
             if mesh is not None:  # the reference demo's layout: colour and mesh normals side by side
-                panels.append(api.render_video(mesh, self.num_frames, self.resolution)["normal"])
+                panels.append(api.render_video(mesh, o.video_frames, o.video_resolution)["normal"])
             frames = np.concatenate(panels, axis=2)
             files = {}
             with atomic_directory(self.out_dir / rid) as tmp:
-                write_video(tmp / "preview.mp4", frames, self.fps)
-                Image.fromarray(frames[0]).save(tmp / "preview.gif", save_all=True, duration=int(1000 / self.fps), loop=0,
+                write_video(tmp / "preview.mp4", frames, o.video_fps)
+                Image.fromarray(frames[0]).save(tmp / "preview.gif", save_all=True, duration=int(1000 / o.video_fps), loop=0,
                                                 append_images=[Image.fromarray(f) for f in frames[1:]])
                 files.update(video="preview.mp4", gif="preview.gif")
                 api.save_ply(gaussian, tmp / "sample.ply")
                 files["ply"] = "sample.ply"
                 if mesh is not None:
-                    api.to_glb(gaussian, mesh, verbose=False).export(tmp / "sample.glb")
+                    api.to_glb(gaussian, mesh, verbose=False, **o.glb_kwargs()).export(tmp / "sample.glb")
                     files["glb"] = "sample.glb"
             return rid, files, time.time() - t0
 
@@ -269,22 +274,21 @@ def main(argv=None) -> int:
     ap.add_argument("--text-encoder", help="HF-format CLIP text directory (text pipelines)")
     ap.add_argument("--ckpt-root", nargs="*", default=[], help="where cross-repo checkpoints live")
     ap.add_argument("--capacity", type=int, default=32768, help="voxel capacity of the sampler")
-    ap.add_argument("--frames", type=int, default=120, help="turntable frames")
-    ap.add_argument("--resolution", type=int, default=512, help="turntable resolution (pixels per panel)")
+    add_asset_arguments(ap)
     args = ap.parse_args(argv)
-    for name in ("capacity", "frames", "resolution"):
-        if getattr(args, name) < 1:
-            print(f"trellis-jax app: --{name} must be >= 1, got {getattr(args, name)}", file=sys.stderr)
-            return 2
+    if args.capacity < 1:
+        print(f"trellis-jax app: --capacity must be >= 1, got {args.capacity}", file=sys.stderr)
+        return 2
     if not 0 <= args.port < 65536:
         print(f"trellis-jax app: --port must be in [0, 65535], got {args.port}", file=sys.stderr)
         return 2
     try:
+        assets = asset_options(args)
         out_dir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="trellis_app_"))
         out_dir.mkdir(parents=True, exist_ok=True)
         pipe = load(args.weights, args.capacity, image_encoder=args.image_encoder, text_encoder=args.text_encoder,
                     search_roots=args.ckpt_root)
-        server = serve(App(pipe, out_dir, args.frames, args.resolution), args.host, args.port)
+        server = serve(App(pipe, out_dir, assets), args.host, args.port)
     except (OSError, ValueError, KeyError) as e:
         print(f"trellis-jax app: {e}", file=sys.stderr)
         return 2

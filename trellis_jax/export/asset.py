@@ -37,6 +37,11 @@ class AssetOptions:
     video_resolution: int = 512
     video_fps: int = 15
 
+    def glb_kwargs(self) -> dict:
+        """The `api.to_glb` keyword arguments these options set."""
+        return dict(simplify=self.simplify, texture_size=self.texture_size, mode=self.bake_mode, num_views=self.bake_views,
+                    render_resolution=self.bake_resolution, steps=self.bake_steps)
+
     def check(self) -> "AssetOptions":
         from trellis_jax.export.mesh_glb import BAKE_MODES
 
@@ -123,8 +128,7 @@ def export_sample(out: dict, b: int, directory: Path, resolution: int = 64, mesh
             log(f"{directory.name}: mesh.glb " + (f"textured from the Gaussians ({o.bake_mode} bake, {o.texture_size}² texture, "
                                                   f"simplify {o.simplify})" if g is not None else
                                                   "vertex-coloured (the pipeline has no Gaussian decoder to bake a texture from)"))
-            glb = to_glb(g, MeshResult(*mesh), simplify=o.simplify, texture_size=o.texture_size, mode=o.bake_mode,
-                         num_views=o.bake_views, render_resolution=o.bake_resolution, steps=o.bake_steps, verbose=g is not None)
+            glb = to_glb(g, MeshResult(*mesh), verbose=g is not None, **o.glb_kwargs())
             glb.export(tmp / "mesh.glb")
             names["mesh_glb"] = "mesh.glb"
         else:

@@ -6,6 +6,7 @@ nothing to download. NOT trained models.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import flax.linen as nn
@@ -35,11 +36,25 @@ TINY_MESH = ("slat_dec_mesh", "SLatMeshDecoder", dict(
     representation_config={"use_color": True}))
 
 
+def _key(seed: int) -> jax.Array:
+    """A typed 'rbg' key: XLA CPU compiles a model's initialisers ~8x faster than with threefry (0.8 against
+    6.5 s for the tiny SS decoder). Its streams are not promised stable across backends or versions,
+    which does not matter here: the weights are drawn once and saved."""
+    return jax.random.key(seed, impl="rbg")
+
+
+def _perturbed_init(model, key, noise_key):
+    """`model.init` plus N(0, 0.02) on every leaf (so zero-initialised outputs still respond), unboxed.
+    Jitted by the caller: eagerly, each initialiser op would compile on its own (~1,100 compiles)."""
+    params = nn.meta.unbox(model.init(key, *dummy_inputs(model)))
+    return jax.tree.map(lambda a: a + 0.02 * jax.random.normal(noise_key, a.shape), params)
+
+
 def calibrate_occupancy(decoder, params, occupancy: float, seed: int = 0, resolution: int = 8):
     """Shift a random SS decoder's output bias so that about `occupancy` of its grid is occupied on a
     random latent [2, r, r, r, 8] (a random decoder would otherwise fill half of it)."""
     z = jax.random.normal(jax.random.PRNGKey(seed), (2,) + (resolution,) * 3 + (decoder.latent_channels,))
-    logits = decoder.apply(params, z).astype(jnp.float32)
+    logits = jax.jit(decoder.apply)(params, z).astype(jnp.float32)
     out = jax.tree.map(lambda a: a, params)
     out["params"]["out_layer_2"]["bias"] = params["params"]["out_layer_2"]["bias"] - jnp.quantile(logits, 1 - occupancy)
     return out
@@ -80,8 +95,7 @@ def write_random_pipeline(directory, seed: int = 0, occupancy: float = 0.04, ste
     models = {}
     for i, (role, (name, cls, args)) in enumerate(roles.items()):
         m = build_model(cls, args)
-        p = nn.meta.unbox(m.init(jax.random.PRNGKey(seed + i), *dummy_inputs(m)))
-        p = jax.tree.map(lambda a: a + 0.02 * jax.random.normal(jax.random.PRNGKey(seed + 100 + i), a.shape), p)
+        p = jax.jit(functools.partial(_perturbed_init, m))(_key(seed + i), _key(seed + 100 + i))
         if role == "sparse_structure_decoder":
             p = calibrate_occupancy(m, p, occupancy, seed)
         models[role] = (name, cls, args, p)
