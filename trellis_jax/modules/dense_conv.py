@@ -37,22 +37,32 @@ def _conv3d_slabs(x: jax.Array, kernel: jax.Array) -> jax.Array:
         x, kernel = jax.lax.optimization_barrier((x, kernel))
     flat = x.reshape(B * X, Y, Z, C)
 
-    def conv2d(w):  # [B·X, Y, Z, C] -> [B, X + 2p, Y, Z, cout'] (zero rows on both x ends)
+    def conv2d(w):  # [B·X, Y, Z, C] -> [B, X, Y, Z, cout']
         y = jax.lax.conv_general_dilated(flat, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return jnp.pad(y.reshape(B, X, Y, Z, -1), ((0, 0), (p, p), (0, 0), (0, 0), (0, 0)))
+        return y.reshape(B, X, Y, Z, -1)
+
+    def add_shifted(acc, y, d):  # acc[:, x] += y[:, x + d] where 0 <= x + d < X, written over acc in place
+        if abs(d) >= X:
+            return acc
+        lo = max(0, -d)
+        part = jax.lax.slice_in_dim(acc, lo, lo + X - abs(d), axis=1) + jax.lax.slice_in_dim(y, lo + d, lo + d + X - abs(d), axis=1)
+        return jax.lax.dynamic_update_slice_in_dim(acc, part, lo, axis=1)
 
     def chunk(w):  # w [k, k, k, C, cout'] -> out[:, x] = Σ_a y_a[:, x + a − p]
         nonlocal flat
-        acc = conv2d(w[0])[:, :X]
-        for a in range(1, k):
+        acc = conv2d(w[p])
+        for a in (a for a in range(k) if a != p):
             # each term is added before the next 2-D conv starts: one conv output live at a time
             acc, flat = jax.lax.optimization_barrier((acc, flat))
-            acc = acc + conv2d(w[a])[:, a : a + X]
+            acc = add_shifted(acc, conv2d(w[a]), a - p)
         return acc
 
     if cout <= SLAB_OUT_CHANNELS:
-        return chunk(kernel)
-    return jnp.concatenate([chunk(kernel[..., i : i + SLAB_OUT_CHANNELS]) for i in range(0, cout, SLAB_OUT_CHANNELS)], axis=-1)
+        out = chunk(kernel)
+    else:
+        out = jnp.concatenate([chunk(kernel[..., i : i + SLAB_OUT_CHANNELS]) for i in range(0, cout, SLAB_OUT_CHANNELS)], axis=-1)
+    # the sum materialised once: fused into its consumers, XLA would keep its terms alive instead
+    return jax.lax.optimization_barrier(out)
 
 
 def conv3d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
