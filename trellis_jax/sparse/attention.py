@@ -369,44 +369,57 @@ def span_limited_segment_attention(q, k, v, segment_ids, max_group, query_block=
     follows the actual group sizes (~110 tokens per window for the Gaussian decoder's shell at 64³:
     ~4x less than the static 2r+1 blocks of 256 that `max_group` = 512 forces). Differentiable (cond
     and scan), each query block rematerialised in the backward pass.
+
+    q, k and v are read where they lie, with no padded or heads-major copies (each [B, L, H, D] is the
+    size of the decoder's whole residual stream): a key step's rows are sliced and transposed in the
+    loop, and the query blocks' outputs are written over q in place.
     """
     B, L, H, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     bq, bk = min(query_block, L), min(key_block, L)
     nq = -(-L // bq)
     steps = -(-min(bq + 2 * (max_group - 1), L) // bk)  # a block's span is at most bq + 2(max_group - 1)
-    valid = segment_ids >= 0
+    # block i holds rows [start_i, start_i + bq): the last one ends at row L, overlapping its predecessor,
+    # whose outputs (already written over q) it keeps
+    first_new = jnp.arange(nq, dtype=jnp.int32) * bq
+    starts = jnp.minimum(first_new, L - bq)
+    block_rows = starts[:, None] + jnp.arange(bq, dtype=jnp.int32)  # [nq, bq]
+    fresh = block_rows >= first_new[:, None]  # [nq, bq]
+    seg_blocks = jnp.where(fresh, segment_ids[:, block_rows], -1)  # [B, nq, bq]
     start, end = segment_bounds(segment_ids)
-    lo = jnp.min(_pad_blocks(jnp.where(valid, start, L), nq, bq, L), axis=(0, 2))  # [nq] first key row
-    hi = jnp.max(_pad_blocks(jnp.where(valid, end, 0), nq, bq, 0), axis=(0, 2))  # [nq] last key row + 1
-    q, k, v = (_zero_padding(t, segment_ids) for t in (q, k, v))
-    heads_major = lambda t: jnp.swapaxes(t, 1, 2)  # [B, L, H, D] -> [B, H, L, D]
-    # bk spare key rows, so a step that starts before `hi` never reads past the end
-    kp, vp = (jnp.pad(heads_major(t), ((0, 0), (0, 0), (0, bk), (0, 0))) for t in (k, v))
-    sp = jnp.pad(segment_ids, ((0, 0), (0, bk)), constant_values=-1)
-    qp = _pad_blocks(q * jnp.asarray(scale, q.dtype), nq, bq, 0).reshape(B, nq * bq, H, D)
-    sp_q = _pad_blocks(segment_ids, nq, bq, -1).reshape(B, nq * bq)
+    lo = jnp.min(jnp.where(seg_blocks >= 0, start[:, block_rows], L), axis=(0, 2))  # [nq] a block's first key row
+    hi = jnp.max(jnp.where(seg_blocks >= 0, end[:, block_rows], 0), axis=(0, 2))  # [nq] its last key row + 1
+    heads_major = lambda t: jnp.swapaxes(t, 1, 2)  # [B, n, H, D] -> [B, H, n, D]
+    key_rows = jnp.arange(bk, dtype=jnp.int32)
 
     @jax.checkpoint  # only q/k/v are kept for the backward pass, not a block's logits
-    def one_block(i, q_i):  # q_i [B, bq, H, D]
-        s_i = jax.lax.dynamic_slice_in_dim(sp_q, i * bq, bq, axis=1)
-        lo_i, hi_i = lo[i], hi[i]
-        q_i = heads_major(q_i)  # [B, H, bq, D]
+    def attend(q_i, s_i, lo_i, hi_i):  # q_i [B, bq, H, D], s_i [B, bq], key span [lo_i, hi_i) -> [B, bq, H, D]
+        q_i = heads_major(_zero_padding(q_i, s_i) * jnp.asarray(scale, q.dtype))
 
         def key_step(carry, j):
+            r0 = lo_i + j * bk
+
             def update(carry):
-                r0 = lo_i + j * bk
-                k_j, v_j = (jax.lax.dynamic_slice_in_dim(t, r0, bk, axis=2) for t in (kp, vp))
-                s_j = jax.lax.dynamic_slice_in_dim(sp, r0, bk, axis=1)
+                c0 = jnp.minimum(r0, L - bk)  # a step near the end reads the last bk rows; those before r0 are done
+                s_j = jax.lax.dynamic_slice_in_dim(segment_ids, c0, bk, axis=1)
+                s_j = jnp.where((c0 + key_rows >= r0)[None], s_j, -1)
+                k_j, v_j = (heads_major(_zero_padding(jax.lax.dynamic_slice_in_dim(t, c0, bk, axis=1), s_j)) for t in (k, v))
                 allowed = (s_i[:, :, None] == s_j[:, None, :]) & (s_i[:, :, None] >= 0)
                 return _online_softmax_step(carry, q_i, k_j, v_j, allowed)
 
-            return jax.lax.cond(lo_i + j * bk < hi_i, update, lambda c: c, carry), None
+            return jax.lax.cond(r0 < hi_i, update, lambda c: c, carry), None
 
         carry, _ = jax.lax.scan(key_step, _online_softmax_init(q_i), jnp.arange(steps))
-        return jnp.swapaxes(_online_softmax_result(carry, q_i.dtype), 1, 2)  # [B, bq, H, D]
+        return jnp.swapaxes(_online_softmax_result(carry, q_i.dtype), 1, 2)
 
-    return _update_slices(one_block, qp, nq, bq, axis=1)[:, :L]
+    def one_block(i, buf):  # buf: q, its rows before block i's fresh ones already replaced by their outputs
+        part = jax.lax.dynamic_slice_in_dim(buf, starts[i], bq, axis=1)
+        out = attend(part, jax.lax.dynamic_index_in_dim(seg_blocks, i, 1, keepdims=False), lo[i], hi[i])
+        out = jnp.where(jax.lax.dynamic_index_in_dim(fresh, i, keepdims=False)[None, :, None, None], out.astype(buf.dtype), part)
+        return jax.lax.dynamic_update_slice_in_dim(buf, out, starts[i], axis=1)
+
+    out = jax.lax.fori_loop(0, nq, one_block, q)
+    return out
 
 
 def sparse_self_attention(q, k, v, layout: AttentionLayout, *, impl: str = "xla", block_size: int = 256):
