@@ -1,5 +1,5 @@
-"""`scan_blocks`: G_S and G_L with their blocks under one `nn.scan` compute what the unrolled (released)
-layout computes, forward and gradient, and official `blocks.{i}.*` keys load into the stacked params and
+"""`scan_blocks`: G_S, G_L and the SLat VAE trunks (their swin blocks alternate two window layouts) with
+their blocks under one `nn.scan` compute what the unrolled (released) layout computes, forward and gradient, and official `blocks.{i}.*` keys load into the stacked params and
 re-save as the same keys and tensors."""
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from experiments.models import slat_flow as slat_flow_cfg, ss_flow as ss_flow_cfg
+from experiments.models import slat_flow as slat_flow_cfg, slat_vae as slat_vae_cfg, ss_flow as ss_flow_cfg
 from trellis_jax.checkpoints import keymap
 from trellis_jax.checkpoints.official import export_state_dict, map_state_dict, param_template
 from trellis_jax.models.registry import build_model
@@ -16,6 +16,12 @@ from trellis_jax.sparse.tensor import SparseTensor
 
 def _inputs(model, key):
     k1, k2, k3 = jax.random.split(key, 3)
+    if not hasattr(model, "cond_channels"):  # a SLat VAE network: voxels only
+        n = 40
+        coords = jnp.stack([jnp.stack(jnp.unravel_index(jax.random.permutation(k, 24**3)[:n], (24,) * 3), -1) + 20 for k in jax.random.split(k1, 2)]).astype(jnp.int32)
+        mask = jnp.arange(n)[None] < jnp.array([[n], [29]])
+        cin = getattr(model, "in_channels", model.latent_channels)
+        return (SparseTensor(coords, jnp.where(mask[..., None], jax.random.normal(k2, (2, n, cin)), 0.0), mask, 64),)
     t = jax.random.uniform(k2, (2,))
     cond = jax.random.normal(k3, (2, 5, model.cond_channels))
     if model.__class__.__name__ == "SparseStructureFlowModel":
@@ -29,12 +35,15 @@ def _inputs(model, key):
 
 
 def _feats(y):
-    return y.feats if isinstance(y, SparseTensor) else y
+    """Every float output leaf of y (a SparseTensor's feats, an array, a decoder's Gaussians), flattened."""
+    return jnp.concatenate([jnp.ravel(l) for l in jax.tree.leaves(y) if jnp.issubdtype(l.dtype, jnp.floating)])
 
 
-@pytest.mark.parametrize("cfg_mod,remat", [(ss_flow_cfg, False), (slat_flow_cfg, True)], ids=["ss_flow", "slat_flow_remat"])
-def test_scanned_blocks_match_unrolled_forward_gradient_and_keys(cfg_mod, remat):
-    cfg = cfg_mod.get_config("tiny")
+@pytest.mark.parametrize("cfg_mod,variant,remat", [(ss_flow_cfg, "tiny", False), (slat_flow_cfg, "tiny", True),
+                                                   (slat_vae_cfg, "tiny_dec_gs", False), (slat_vae_cfg, "tiny_enc", True)],
+                         ids=["ss_flow", "slat_flow_remat", "slat_dec_gs", "slat_enc_remat"])
+def test_scanned_blocks_match_unrolled_forward_gradient_and_keys(cfg_mod, variant, remat):
+    cfg = cfg_mod.get_config(variant)
     args = {**cfg.args.to_dict(), "use_checkpoint": remat}
     unrolled = build_model(cfg.class_name, args)
     scanned = build_model(cfg.class_name, {**args, "scan_blocks": True})

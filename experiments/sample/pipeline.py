@@ -5,7 +5,7 @@ Variants: `img_L` (the image-large pipeline: released model args, pipeline.json 
 ViT-L/14-reg condition tokens [1374, 1024]) and `tiny` (the random test pipeline's networks,
 `trellis_jax.sampling.random_pipeline.TINY`). `weights_dtype` / `compute_dtype` set what the networks
 hold and compute in ('bfloat16' halves the weights; the reference samples its trunks in fp16); `scan_blocks`
-compiles each flow's blocks as one nn.scan.
+compiles each block stack (the flows', the SLat decoders') as one nn.scan.
 """
 from pathlib import Path
 
@@ -34,7 +34,7 @@ def get_config(variant: str = "img_L") -> ml_collections.ConfigDict:
     c.batch_size = 1
     c.weights_dtype = "bfloat16"
     c.compute_dtype = "bfloat16"
-    c.scan_blocks = True               # the flows' blocks under one nn.scan (same numbers, one block compiled)
+    c.scan_blocks = True               # every block stack under one nn.scan (same numbers, one block compiled)
     c.ss_sampler = ml_collections.ConfigDict(_SAMPLER)
     c.slat_sampler = ml_collections.ConfigDict(_SAMPLER)
     c.num_stage2_sizes = 3             # stage 2 runs at the smallest capacity/2^k holding the batch's voxels

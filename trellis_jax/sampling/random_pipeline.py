@@ -62,7 +62,7 @@ def calibrate_occupancy(decoder, params, occupancy: float, seed: int = 0, resolu
 
 def pipeline_from_config(cfg, params_for):
     """TrellisPipeline of a sampling config (experiments/sample/*.py): every network of `cfg.models`
-    built with the config's compute dtype (flows with scanned blocks when cfg.scan_blocks); params_for(role, module) -> its params (random, loaded or
+    built with the config's compute dtype (block stacks scanned when cfg.scan_blocks); params_for(role, module) -> its params (random, loaded or
     abstract ShapeDtypeStructs)."""
     from trellis_jax.sampling.euler import SamplerConfig
     from trellis_jax.sampling.pipeline import TrellisPipeline
@@ -74,7 +74,7 @@ def pipeline_from_config(cfg, params_for):
     models = {}
     for role, m in cfg.models.items():
         module = model_from_config(m, dtype=dtype)
-        if cfg.get("scan_blocks") and hasattr(module, "scan_blocks"):  # the flows: one compiled block each
+        if cfg.get("scan_blocks") and hasattr(module, "scan_blocks"):  # flows and SLat VAE trunks: one compiled block each
             module = module.clone(scan_blocks=True)
         models[role] = (module, params_for(role, module))
     return TrellisPipeline(
