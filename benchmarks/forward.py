@@ -8,8 +8,10 @@ Cases (released args): `gs` G_S text-base (768 ch, 12 blocks, 16³×8 latent, 77
 decoder on the same voxels. `bf16` runs compute and weights in bfloat16.
 Each case runs in its own process (so its peak RSS is its own) and prints: seconds (min / median of
 `repeats` calls after compile), compile seconds, XLA's `memory_analysis()` (arguments + temporaries
-of the compiled program), the process's peak RSS (JAX_PLATFORMS=cpu unless set), GFLOP/s from the compiler's flop count, and that
-rate over a 2048² float32 matmul measured in the same process (the machine's practical roofline).
+of the compiled program), the process's peak RSS (JAX_PLATFORMS=cpu unless set), GFLOP/s from the
+network's matmul / conv FLOPs as XLA's cost analysis counts the unrolled program (`flop_count`), and
+that rate over a 2048² float32 matmul measured first in the same process (the machine's practical roofline).
+Networks with a block stack scan it as the sampler does (`--unrolled`: the released unrolled layout).
 Last line: `forward: <case>_<dtype>=<median s> ...`.
 """
 from __future__ import annotations
@@ -36,8 +38,9 @@ def shell_coords(resolution: int = 64, r0: float = 24.0, r1: float = 27.0):
     return np.argwhere((d >= r0) & (d < r1)).astype(np.int32)
 
 
-def build(case: str, dtype_name: str):
-    """-> (jitted forward, args) for one case."""
+def build(case: str, dtype_name: str, scan_blocks: bool = True):
+    """-> (module, args) for one case; `scan_blocks` as the sampling pipeline builds its networks
+    (experiments/sample/pipeline.py: one compiled block for a network's whole stack, where it has one)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -50,21 +53,40 @@ def build(case: str, dtype_name: str):
     dtype = jnp.bfloat16 if dtype_name == "bf16" else jnp.float32
     spec = {"gs": "ss_flow.py:txt_B", "ss_dec": "ss_vae.py:dec", "gl": "slat_flow.py:txt_B", "gs_dec": "slat_vae.py:dec_gs"}[case]
     module = model_from_config(load_config(str(REPO / "experiments" / "models" / spec)), dtype=dtype)
+    if hasattr(module, "scan_blocks"):
+        module = module.clone(scan_blocks=scan_blocks)
     params = jax.tree.map(lambda a: a.astype(dtype), random_params(module, std=0.02))
     rng = np.random.default_rng(0)
     if case in ("gs", "ss_dec"):
         z = jnp.asarray(rng.normal(size=(1, 16, 16, 16, 8)), jnp.float32)
         if case == "ss_dec":
-            return jax.jit(module.apply), (params, z)
+            return module, (params, z)
         cond = jnp.asarray(rng.normal(size=(1, 77, 768)), jnp.float32)
-        return jax.jit(module.apply), (params, z, jnp.array([0.5], jnp.float32), cond)
+        return module, (params, z, jnp.array([0.5], jnp.float32), cond)
     coords = shell_coords()
     packed = np.concatenate([np.zeros((len(coords), 1), np.int32), coords], 1)
     x = SparseTensor.from_packed(packed, rng.normal(size=(len(coords), 8)).astype(np.float32), capacity=len(coords), resolution=64)
     if case == "gs_dec":
-        return jax.jit(module.apply), (params, x)
+        return module, (params, x)
     cond = jnp.asarray(rng.normal(size=(1, 77, 768)), jnp.float32)
-    return jax.jit(module.apply), (params, x, jnp.array([0.5], jnp.float32), cond)
+    return module, (params, x, jnp.array([0.5], jnp.float32), cond)
+
+
+def flop_count(module, args) -> float:
+    """Matmul and conv FLOPs of the forward with its blocks unrolled and every loop body counted once:
+    what XLA's cost analysis counts for the released (unrolled) program, whether or not `module` scans
+    its blocks (XLA would count a scanned stack's body once). Traced on abstract params, not compiled."""
+    import jax
+
+    from flax import traverse_util
+
+    from trellis_jax.checkpoints.official import param_template
+    from trellis_jax.tools.jaxpr_flops import count_flops
+
+    if getattr(module, "scan_blocks", False):
+        module = module.clone(scan_blocks=False)
+    params = {"params": traverse_util.unflatten_dict(param_template(module))}  # f32 ShapeDtypeStructs
+    return count_flops(jax.jit(module.apply).trace(params, *args[1:]).jaxpr).flops_once
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -78,20 +100,21 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / time_calls(lambda _: f(a), repeats).min_s / 1e9
 
 
-def run_one(case: str, dtype_name: str, repeats: int) -> dict:
+def run_one(case: str, dtype_name: str, repeats: int, scan_blocks: bool = True) -> dict:
+    import jax
+
     from timing import time_calls
 
-    fn, args = build(case, dtype_name)
+    roof = matmul_gflops()  # first: its buffers are freed before the forward's peak, not added to it
+    module, args = build(case, dtype_name, scan_blocks)
+    flops = flop_count(module, args)
     t0 = time.perf_counter()
-    compiled = fn.lower(*args).compile()
+    compiled = jax.jit(module.apply).lower(*args).compile()
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     timing = time_calls(lambda _: compiled(*args), repeats)
     med = timing.median_s
-    gflops = float(cost.get("flops", 0.0)) / med / 1e9
-    roof = matmul_gflops()
+    gflops = flops / med / 1e9
     return {"case": case, "dtype": dtype_name, "min_s": timing.min_s, "median_s": med, "compile_s": compile_s,
             "xla_args_gib": mem.argument_size_in_bytes / 2**30, "xla_temp_gib": mem.temp_size_in_bytes / 2**30,
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
@@ -103,10 +126,11 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--unrolled", action="store_true", help="blocks unrolled (the released layout) instead of scanned")
     ap.add_argument("--one", nargs=2, metavar=("CASE", "DTYPE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
-        print(json.dumps(run_one(*args.one, args.repeats)))
+        print(json.dumps(run_one(*args.one, args.repeats, not args.unrolled)))
         return 0
     rows = []
     # a CPU measurement: without JAX_PLATFORMS jax also loads libtpu where the `tpu` extra is installed (+0.08 GiB RSS)
@@ -115,7 +139,7 @@ def main(argv=None) -> int:
           f"{'peak RSS GiB':>12} {'GFLOP/s':>8} {'of matmul':>9}", flush=True)
     for case in args.cases.split(","):
         for dt in args.dtypes.split(","):
-            proc = subprocess.run([sys.executable, __file__, "--one", case, dt, "--repeats", str(args.repeats)],
+            proc = subprocess.run([sys.executable, __file__, "--one", case, dt, "--repeats", str(args.repeats)] + ["--unrolled"] * args.unrolled,
                                   capture_output=True, text=True, cwd=REPO, env=env)
             if proc.returncode:
                 print(f"{case:>8} {dt:>5} failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
