@@ -179,8 +179,9 @@ def _with_halo(x, radius, num_blocks, block, fill):
 
 def _update_slices(fn, buf, count: int, size: int, axis: int):
     """buf with its `count` consecutive slices of `size` along `axis` each replaced, in turn, by
-    fn(i, slice i) (same shape): the query-block loop of every attention here, as a loop that writes
-    each block's output over its queries in place.
+    fn(i, slice i) (same shape): the query-block loop of the attentions here, as a loop that writes
+    each block's output over its queries in place (`span_limited_segment_attention` has its own, for a
+    last block that overlaps its predecessor).
 
     lax.map would stack the outputs in a separate zero-initialised buffer, and XLA CPU hoists those
     zeros to the start of the program, one [L, H, D] buffer per transformer block all alive at once
@@ -418,8 +419,7 @@ def span_limited_segment_attention(q, k, v, segment_ids, max_group, query_block=
         out = jnp.where(jax.lax.dynamic_index_in_dim(fresh, i, keepdims=False)[None, :, None, None], out.astype(buf.dtype), part)
         return jax.lax.dynamic_update_slice_in_dim(buf, out, starts[i], axis=1)
 
-    out = jax.lax.fori_loop(0, nq, one_block, q)
-    return out
+    return jax.lax.fori_loop(0, nq, one_block, q)
 
 
 def sparse_self_attention(q, k, v, layout: AttentionLayout, *, impl: str = "xla", block_size: int = 256):
