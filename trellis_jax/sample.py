@@ -34,8 +34,7 @@ from trellis_jax.sampling.pipeline import DECODER_ROLES, TrellisPipeline
 def load_generator(weights: str | Path, *, capacity: int = 32768, image_encoder=None, text_encoder=None,
                    search_roots=(), **sampler_overrides):
     """-> (TrellisPipeline, conditioner, kind) for a pipeline directory; every setting checked
-    (steps >= 1, a decoder for each requested format), errors naming pipeline.json or the option. Block stacks
-    load scanned (`load_pipeline(scan_blocks=True)`): one compiled block each, the same numbers."""
+    (steps >= 1, a decoder for each requested format), errors naming pipeline.json or the option."""
     from trellis_jax.checkpoints import load_pipeline
     from trellis_jax.conditioning import conditioner_from_pipeline, load_image_conditioner, load_text_conditioner
 
@@ -45,7 +44,7 @@ def load_generator(weights: str | Path, *, capacity: int = 32768, image_encoder=
         if key.endswith("_steps") and v is not None and v < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {v}")
     weights = Path(weights)
-    loaded = load_pipeline(weights, search_roots=search_roots, scan_blocks=True)  # one compiled block per stack
+    loaded = load_pipeline(weights, search_roots=search_roots)
     # the formats the per-asset files need: Gaussians, and the radiance field / mesh when the pipeline has their decoders
     formats = ("gaussian",) + tuple(f for f in ("radiance_field", "mesh") if DECODER_ROLES[f] in loaded["models"])
     try:

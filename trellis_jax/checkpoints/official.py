@@ -221,16 +221,8 @@ def save_pipeline(directory: str | Path, kind: str, models: dict, *, ss_sampler:
     return path
 
 
-def _has_block_stack(json_path: Path) -> bool:
-    """Whether the checkpoint's class takes `scan_blocks` (False for one load_model will reject anyway)."""
-    cls = MODEL_CLASSES.get(read_json(json_path)["name"])
-    return cls is not None and "scan_blocks" in cls.__dataclass_fields__
-
-
-def load_pipeline(directory: str | Path, search_roots: Sequence[str | Path] = (), scan_blocks: bool = False,
-                  **module_overrides) -> dict:
-    """Read `pipeline.json` and load every referenced model; `scan_blocks`: the networks with a block
-    stack (the flows, the SLat VAE networks) compile it as one nn.scan (same numbers, params stacked).
+def load_pipeline(directory: str | Path, search_roots: Sequence[str | Path] = (), **module_overrides) -> dict:
+    """Read `pipeline.json` and load every referenced model.
 
     Returns {'name', 'models': {role: (module, params)}, 'sparse_structure_sampler', 'slat_sampler',
     'slat_normalization', 'cond_model', 'raw'}.
@@ -244,8 +236,7 @@ def load_pipeline(directory: str | Path, search_roots: Sequence[str | Path] = ()
     models = {}
     for role, ref in args["models"].items():
         prefix = _resolve_model_path(directory, ref, [Path(s) for s in search_roots])
-        scan = {"scan_blocks": True} if scan_blocks and _has_block_stack(checkpoint_paths(prefix)[0]) else {}
-        models[role] = load_model(prefix, **scan, **module_overrides)
+        models[role] = load_model(prefix, **module_overrides)
         expected = ROLE_CLASSES.get(role)
         if expected is not None and not isinstance(models[role][0], expected):
             raise CheckpointError(f"{pj}: role '{role}' needs a {expected.__name__}, but {ref} is a "
