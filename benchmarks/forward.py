@@ -11,7 +11,8 @@ Each case runs in its own process (so its peak RSS is its own) and prints: secon
 of the compiled program), the process's peak RSS (JAX_PLATFORMS=cpu unless set), GFLOP/s from the
 network's matmul / conv FLOPs as XLA's cost analysis counts the unrolled program (`flop_count`), and
 that rate over a 2048² float32 matmul measured first in the same process (the machine's practical roofline).
-Networks with a block stack scan it as the sampler does (`--unrolled`: the released unrolled layout).
+Block stacks run unrolled, the released layout `generate` loads (`--scan-blocks`: one compiled block per
+stack, as a sampling config's `scan_blocks` builds the SLat decoders).
 Last line: `forward: <case>_<dtype>=<median s> ...`.
 """
 from __future__ import annotations
@@ -38,9 +39,9 @@ def shell_coords(resolution: int = 64, r0: float = 24.0, r1: float = 27.0):
     return np.argwhere((d >= r0) & (d < r1)).astype(np.int32)
 
 
-def build(case: str, dtype_name: str, scan_blocks: bool = True):
-    """-> (module, args) for one case; `scan_blocks` as the sampling pipeline builds its networks
-    (experiments/sample/pipeline.py: one compiled block for a network's whole stack, where it has one)."""
+def build(case: str, dtype_name: str, scan_blocks: bool = False):
+    """-> (module, args) for one case; `scan_blocks` compiles one block for a network's whole stack (where
+    it has one), as experiments/sample/pipeline.py's `scan_blocks` does."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -100,7 +101,7 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / time_calls(lambda _: f(a), repeats).min_s / 1e9
 
 
-def run_one(case: str, dtype_name: str, repeats: int, scan_blocks: bool = True) -> dict:
+def run_one(case: str, dtype_name: str, repeats: int, scan_blocks: bool = False) -> dict:
     import jax
 
     from timing import time_calls
@@ -126,11 +127,11 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--unrolled", action="store_true", help="blocks unrolled (the released layout) instead of scanned")
+    ap.add_argument("--scan-blocks", action="store_true", help="scan block stacks (one compiled block) instead of the released unrolled layout")
     ap.add_argument("--one", nargs=2, metavar=("CASE", "DTYPE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
-        print(json.dumps(run_one(*args.one, args.repeats, not args.unrolled)))
+        print(json.dumps(run_one(*args.one, args.repeats, args.scan_blocks)))
         return 0
     rows = []
     # a CPU measurement: without JAX_PLATFORMS jax also loads libtpu where the `tpu` extra is installed (+0.08 GiB RSS)
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
           f"{'peak RSS GiB':>12} {'GFLOP/s':>8} {'of matmul':>9}", flush=True)
     for case in args.cases.split(","):
         for dt in args.dtypes.split(","):
-            proc = subprocess.run([sys.executable, __file__, "--one", case, dt, "--repeats", str(args.repeats)] + ["--unrolled"] * args.unrolled,
+            proc = subprocess.run([sys.executable, __file__, "--one", case, dt, "--repeats", str(args.repeats)] + ["--scan-blocks"] * args.scan_blocks,
                                   capture_output=True, text=True, cwd=REPO, env=env)
             if proc.returncode:
                 print(f"{case:>8} {dt:>5} failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
