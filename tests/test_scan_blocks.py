@@ -72,4 +72,6 @@ def test_scanned_blocks_match_unrolled_forward_gradient_and_keys(cfg_mod, varian
     g_scanned = export_state_dict(jax.grad(lambda p: loss(scanned, p))(sparams), use_fp16=False)
     assert sorted(g_scanned) == sorted(g_unrolled)
     for k in g_unrolled:
-        np.testing.assert_allclose(g_scanned[k], g_unrolled[k], rtol=1e-4, atol=1e-5, err_msg=k)
+        # f32 summation-order error scales with the leaf's largest gradient, not with each element
+        atol = 1e-5 * max(1.0, float(np.abs(g_unrolled[k]).max()))
+        np.testing.assert_allclose(g_scanned[k], g_unrolled[k], rtol=1e-4, atol=atol, err_msg=k)
